@@ -1,0 +1,1 @@
+"""Adapters: one external system each; library exceptions become seftpilot.errors here."""

@@ -1,0 +1,312 @@
+"""The ledger's storage: one SQLite database in the state directory.
+
+Owns the connection (WAL, foreign keys, busy timeout), the schema and its migrations
+(``PRAGMA user_version``), transactions, the append-only event log and the safety of the
+files (directory 0700, database 0600). Domain queries live in repositories built on
+``Store`` (see ``adapters/ledger_store.py`` and friends); this module must not decide
+anything about submissions, mail or deliveries.
+
+Migrations are append-only: never edit a shipped one, add a new entry at the end of
+``MIGRATIONS``. Each runs in one transaction together with the version bump.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from seftpilot.errors import StateDirError
+
+DB_NAME = "seftpilot.sqlite3"
+
+MIGRATIONS: list[str] = [
+    # 1: the ledger's first shape.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,                    -- ISO 8601 UTC
+        kind TEXT NOT NULL,                  -- e.g. submission.uploaded, mail.classified
+        subject_type TEXT,                   -- submission | campaign | mail | delivery | ...
+        subject_id INTEGER,
+        detail TEXT NOT NULL DEFAULT '{}'    -- JSON; never secrets
+    );
+    CREATE INDEX events_subject ON events(subject_type, subject_id);
+    CREATE TRIGGER events_append_only_u BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_append_only_d BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+
+    CREATE TABLE campaigns (
+        id INTEGER PRIMARY KEY,
+        agreement TEXT NOT NULL,
+        strategy TEXT NOT NULL,              -- diff | replace
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        target_sha256 TEXT
+    );
+
+    CREATE TABLE submissions (
+        id INTEGER PRIMARY KEY,
+        agreement TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('ADD', 'DELETE')),
+        state TEXT NOT NULL,
+        campaign_id INTEGER REFERENCES campaigns(id),
+        campaign_step INTEGER,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        retry_of INTEGER REFERENCES submissions(id),
+        file_name TEXT,
+        file_sha256 TEXT,
+        row_count INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        due_on TEXT,                          -- NHS day (YYYY-MM-DD, Europe/London)
+        nhs_day TEXT,                         -- the NHS day it was uploaded on
+        uploaded_at TEXT,
+        evidence_deadline TEXT,
+        verdict TEXT,
+        verdict_at TEXT,
+        verdict_detail TEXT NOT NULL DEFAULT '{}',
+        version INTEGER NOT NULL DEFAULT 0    -- bumped by every claim/transition
+    );
+    CREATE INDEX submissions_agreement ON submissions(agreement, state);
+    -- One upload per agreement per NHS day, enforced by the database itself.
+    CREATE UNIQUE INDEX submissions_one_a_day ON submissions(agreement, nhs_day)
+        WHERE nhs_day IS NOT NULL;
+
+    CREATE TABLE submission_refs (
+        submission_id INTEGER NOT NULL REFERENCES submissions(id),
+        unique_reference TEXT NOT NULL,
+        nhs_number TEXT,
+        outcome TEXT,                         -- NULL until known; 'rejected' for failing rows
+        PRIMARY KEY (submission_id, unique_reference)
+    ) WITHOUT ROWID;
+    CREATE INDEX submission_refs_ref ON submission_refs(unique_reference);
+
+    CREATE TABLE stuck_refs (
+        agreement TEXT NOT NULL,
+        unique_reference TEXT NOT NULL,
+        since TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        resolved_at TEXT,
+        PRIMARY KEY (agreement, unique_reference)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE mail_checkpoints (
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        last_uid INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (account, folder, uidvalidity)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE mail_messages (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        message_id TEXT,
+        received_at TEXT NOT NULL,
+        sent_at TEXT,
+        from_addr TEXT,
+        subject TEXT,
+        rule TEXT,
+        class TEXT,
+        action TEXT,
+        captures TEXT NOT NULL DEFAULT '{}',
+        defects TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL DEFAULT 'received',   -- received | handled | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        submission_id INTEGER REFERENCES submissions(id),
+        UNIQUE (account, folder, uidvalidity, uid)
+    );
+    CREATE INDEX mail_messages_msgid ON mail_messages(account, message_id);
+    CREATE INDEX mail_messages_state ON mail_messages(state);
+
+    CREATE TABLE listening (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        at TEXT NOT NULL,                      -- a completed poll or IDLE cycle
+        kind TEXT NOT NULL                     -- poll | idle | catchup
+    );
+    CREATE INDEX listening_at ON listening(account, folder, at);
+    """,
+]
+
+
+def utcnow_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Store:
+    """One SQLite database. Thread-safe through one lock around one connection."""
+
+    def __init__(self, state_dir: Path, *, name: str = DB_NAME) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / name
+        self._lock = threading.RLock()
+        self._ensure_dir()
+        self._conn = self._connect()
+        self.migrate()
+
+    # -- files ---------------------------------------------------------------
+    def _ensure_dir(self) -> None:
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.state_dir, 0o700)
+            if not self.path.exists():
+                # Create the file 0600 before SQLite does (it would honour the umask).
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+        except OSError as exc:
+            raise StateDirError(
+                f"cannot use state directory {self.state_dir}: {exc.strerror or exc}",
+                hint="check that it exists, is writable by this user and the disk is not full",
+            ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise _state_error(self.path, exc) from None
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                os.chmod(side, 0o600)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema --------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        with self._lock:
+            current = self.version
+            if current > len(MIGRATIONS):
+                raise StateDirError(
+                    f"{self.path} has schema version {current}, newer than this seftpilot "
+                    f"({len(MIGRATIONS)})",
+                    hint="upgrade seftpilot; never downgrade against a newer ledger",
+                )
+            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                # executescript commits first, so run the statements inside our own
+                # transaction with the version bump to make each migration atomic.
+                with self.transaction() as conn:
+                    for statement in _split_sql(script):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+
+    # -- transactions --------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _state_error(self.path, exc) from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise _state_error(self.path, exc) from None
+
+    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params))
+            except sqlite3.Error as exc:
+                raise _state_error(self.path, exc) from None
+
+    # -- events --------------------------------------------------------------
+    @staticmethod
+    def append_event(
+        conn: sqlite3.Connection,
+        kind: str,
+        *,
+        at: datetime | None = None,
+        subject_type: str | None = None,
+        subject_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Append one event inside the caller's transaction. ``detail`` must hold no secret."""
+        cur = conn.execute(
+            "INSERT INTO events(at, kind, subject_type, subject_id, detail) VALUES (?,?,?,?,?)",
+            (utcnow_iso(at), kind, subject_type, subject_id, json.dumps(detail or {}, default=str)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(
+        self, subject_type: str | None = None, subject_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        if subject_type is None:
+            rows = self.query("SELECT * FROM events ORDER BY id")
+        else:
+            rows = self.query(
+                "SELECT * FROM events WHERE subject_type=? AND subject_id IS ? ORDER BY id",
+                (subject_type, subject_id),
+            )
+        return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping CREATE TRIGGER bodies whole."""
+    statements: list[str] = []
+    buf: list[str] = []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        buf.append(stripped)
+        joined = "\n".join(buf)
+        if joined.rstrip().endswith(";") and sqlite3.complete_statement(joined):
+            statements.append(joined)
+            buf = []
+    if buf and "".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements
+
+
+def _state_error(path: Path, exc: sqlite3.Error) -> StateDirError:
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        hint = "the state directory or database is read-only; make it writable by this user"
+    elif "full" in text:
+        hint = "the disk holding the state directory is full; free space, then run again"
+    elif "locked" in text or "busy" in text:
+        hint = "another process holds the database; is a second `seftpilot watch` running?"
+    else:
+        hint = "check the state directory; the ledger was not changed"
+    return StateDirError(f"ledger {path}: {text}", hint=hint)

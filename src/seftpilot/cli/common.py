@@ -1,0 +1,49 @@
+"""Shared CLI plumbing: the --config/--json options, output, and error rendering.
+
+Owns how a command talks to the terminal. Must not hold workflow logic: a command parses
+its arguments, loads settings, calls one service function and renders the result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from seftpilot.config import Settings, load_settings
+from seftpilot.errors import SeftpilotError
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings file (default ./seftpilot.toml, or $SEFTPILOT_CONFIG).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+# Human output goes to stdout; errors and progress to stderr, so --json stays parseable.
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def settings(config: Path | None, *, required: bool = False) -> Settings:
+    return load_settings(config, required=required)
+
+
+def emit_json(document: Any) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(exc: SeftpilotError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    if exc.hint:
+        err_console.print(f"  [bold]hint:[/] {exc.hint}", markup=True)

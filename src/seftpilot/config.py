@@ -1,0 +1,289 @@
+"""Settings: one TOML file plus ``SEFTPILOT_*`` environment variables (and ``.env``).
+
+Owns the settings model, where it is read from and how a mistake in it is reported.
+Must not open connections or create state: ``seftpilot check --connect`` does that.
+
+Precedence, highest first: environment variables (``SEFTPILOT_IMAP__PASSWORD``: nested keys
+joined by ``__``), ``.env`` beside the working directory, the TOML file, the defaults here.
+Secrets are ``SecretStr`` so they never print; a secret may also be read from a file
+(``password_file``) so it need not live in the TOML at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from seftpilot.errors import ConfigError
+
+DEFAULT_CONFIG = Path("seftpilot.toml")
+NIC_RE = re.compile(r"^NIC-\d{5,6}-[A-Z0-9]{5}$")
+
+
+class _Section(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OAuthSettings(_Section):
+    """XOAUTH2 for Microsoft 365 / NHSmail (msal)."""
+
+    flow: Literal["client_credentials", "refresh_token"] = "client_credentials"
+    tenant: str = "common"
+    client_id: str = ""
+    client_secret: SecretStr | None = None
+    client_secret_expires: date | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["https://outlook.office365.com/.default"])
+    authority_host: str = "https://login.microsoftonline.com"
+    # The refresh token rotates; the newest is persisted here (mode 0600).
+    refresh_token_file: Path | None = None
+    refresh_token_max_age_days: int = 90
+
+
+class ImapSettings(_Section):
+    host: str = "localhost"
+    port: int = 993
+    security: Literal["tls", "starttls", "plain"] = "tls"
+    ca_file: Path | None = None
+    username: str = ""
+    password: SecretStr | None = None
+    password_expires: date | None = None
+    auth: Literal["password", "xoauth2"] = "password"
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    folder: str = "INBOX"
+    idle: bool = True
+    # Servers drop idle connections silently (RFC 9051 allows 30 min, many do less).
+    idle_renew_seconds: int = Field(default=540, ge=10, le=1740)
+    poll_interval_seconds: int = Field(default=60, ge=1)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    after_handling: Literal["none", "flag", "move"] = "none"
+    move_to: str = "seftpilot/handled"
+    flag: str = "$SeftpilotHandled"
+
+
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = 587
+    security: Literal["tls", "starttls", "plain"] = "starttls"
+    ca_file: Path | None = None
+    username: str = ""
+    password: SecretStr | None = None
+    password_expires: date | None = None
+    from_address: str = "seftpilot@localhost"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class SftpEndpoint(_Section):
+    """An SFTP server: SEFT's upload or download area, or the partner's drop."""
+
+    host: str = "localhost"
+    port: int = 22
+    username: str = ""
+    password: SecretStr | None = None
+    key_file: Path | None = None
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path = Path("known_hosts")
+    remote_dir: str = "."
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class UploadSettings(_Section):
+    transport: Literal["sftp", "manual"] = "manual"
+    sftp: SftpEndpoint | None = None
+    outbox: Path = Path("outbox")
+
+
+class DownloadSettings(_Section):
+    source: Literal["sftp", "folder"] = "folder"
+    sftp: SftpEndpoint | None = None
+    drop_folder: Path = Path("inbox-files")
+    quiet_seconds: int = 300
+    expected_count: int | None = None
+
+
+class Agreement(_Section):
+    """One Data Sharing Agreement with NHS England."""
+
+    nic: str
+    profile: str = "mps-legacy-24"
+    # Source column -> profile field, for study exports whose headers are not NHS names.
+    column_mapping: dict[str, str] = Field(default_factory=dict)
+    upload: UploadSettings = Field(default_factory=UploadSettings)
+    download: DownloadSettings = Field(default_factory=DownloadSettings)
+    nhs_senders: list[str] = Field(
+        default_factory=lambda: ["nhsdigital.nhs.uk", "nhs.net", "england.nhs.uk"]
+    )
+    max_retries: int = 3
+
+    @field_validator("nic")
+    @classmethod
+    def _nic_shape(cls, value: str) -> str:
+        if not NIC_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a NIC number like NIC-402963-P0Y5D "
+                "(NIC-, digits, -, five capital letters or digits)"
+            )
+        return value
+
+
+class SubmissionSettings(_Section):
+    upload_window_start: time = time(9, 0)
+    upload_window_end: time = time(16, 0)
+    # The evidence window closes at this Europe/London time on the next NHS working day.
+    verdict_deadline: time = time(12, 0)
+    max_listening_gap_minutes: int = 30
+
+
+class PartnerSettings(_Section):
+    sftp: SftpEndpoint | None = None
+    name_template: str = "isaric-{date}-{delivery}.7z"
+    passphrase_recipients: list[str] = Field(default_factory=list)
+    announce_recipients: list[str] = Field(default_factory=list)
+    retention_days: int = 7
+    codec: Literal["lzma2", "zstd", "copy"] = "lzma2"
+    level: int = Field(default=1, ge=0, le=9)
+    backend: Literal["auto", "py7zr", "7zz"] = "auto"
+    volume_size_mb: int | None = None
+
+
+class OperatorSettings(_Section):
+    emails: list[str] = Field(default_factory=list)
+    digest_time: time = time(7, 30)
+    alert_reminder_hours: int = 24
+
+
+class HeartbeatSettings(_Section):
+    url: str | None = None
+    timeout_seconds: float = 10.0
+
+
+class CanarySettings(_Section):
+    enabled: bool = True
+    send_time: time = time(10, 0)
+    max_delay_minutes: int = 30
+
+
+class WatchdogSettings(_Section):
+    new_data_within_days: int = 60
+    nhs_silence_days: int = 45
+    expiry_warning_days: int = 14
+
+
+class Settings(BaseSettings):
+    """Everything seftpilot reads from its configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEFTPILOT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    # Set by load_settings() before construction; not a setting itself.
+    _toml_path: ClassVar[Path | None] = None
+
+    state_dir: Path = Path("state")
+    rules: list[Path] = Field(default_factory=lambda: [Path("rules")])
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    imap: ImapSettings = Field(default_factory=ImapSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    agreement: list[Agreement] = Field(default_factory=list)
+    submission: SubmissionSettings = Field(default_factory=SubmissionSettings)
+    partner: PartnerSettings = Field(default_factory=PartnerSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    watchdogs: WatchdogSettings = Field(default_factory=WatchdogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    def agreement_for(self, nic: str | None) -> Agreement:
+        """The agreement named ``nic``, or the only one when ``nic`` is None."""
+        if nic is None:
+            if len(self.agreement) == 1:
+                return self.agreement[0]
+            if not self.agreement:
+                raise ConfigError(
+                    "no [[agreement]] is configured",
+                    key="agreement",
+                    hint="add an [[agreement]] section with its nic, or pass --nic",
+                )
+            raise ConfigError(
+                "several agreements are configured; say which with --nic",
+                key="agreement",
+            )
+        for agreement in self.agreement:
+            if agreement.nic == nic:
+                return agreement
+        known = ", ".join(a.nic for a in self.agreement) or "none"
+        raise ConfigError(f"no agreement {nic!r} (configured: {known})", key="agreement.nic")
+
+
+def config_path(explicit: Path | None = None) -> Path:
+    """The config file to read: ``--config``, else ``$SEFTPILOT_CONFIG``, else ./seftpilot.toml."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("SEFTPILOT_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_settings(
+    path: Path | None = None, *, required: bool = False, **overrides: Any
+) -> Settings:
+    """Read settings, turning every mistake into a ConfigError naming the key and the file.
+
+    A missing file is fine unless ``required`` (commands that need servers say so): the
+    defaults and the environment still apply.
+    """
+    toml_path = config_path(path)
+    if not toml_path.exists():
+        if required or path is not None:
+            raise ConfigError(
+                "configuration file not found",
+                file=str(toml_path),
+                hint="run `seftpilot init` to write an example, or pass --config PATH",
+            )
+        toml_file: Path | None = None
+    else:
+        toml_file = toml_path
+    Settings._toml_path = toml_file
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or None
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{first['msg']}{more}",
+            key=key,
+            file=str(toml_file) if toml_file else "(environment)",
+            hint="fix the value, or see `seftpilot init` for a commented example",
+        ) from None
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read: {exc}", file=str(toml_path)) from None
+    finally:
+        Settings._toml_path = None

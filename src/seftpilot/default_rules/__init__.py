@@ -1,0 +1,1 @@
+"""Package data: the default classification rules that `seftpilot init` writes."""

@@ -1,0 +1,1 @@
+"""Package data: cohort header profiles (YAML)."""

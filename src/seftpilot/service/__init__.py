@@ -1,0 +1,1 @@
+"""The imperative shell: claim, decide, act, record, repeat."""

@@ -1,0 +1,1 @@
+"""Package data: templates (example settings, digests, alerts)."""
