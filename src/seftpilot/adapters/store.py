@@ -139,6 +139,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX listening_at ON listening(account, folder, at);
     """,
+    # 2: ledger rows and campaign steps (adapters/ledger_store.py). A DELETE file must
+    # carry each participant's row (date of birth is mandatory on every row) even when the
+    # participant has left the study export, so each submitted row is kept as it was sent.
+    """
+    ALTER TABLE submission_refs ADD COLUMN row_no INTEGER;
+    ALTER TABLE submission_refs ADD COLUMN row_data TEXT;   -- JSON field: value; identifying
+    CREATE INDEX submission_refs_row ON submission_refs(submission_id, row_no);
+    ALTER TABLE submissions ADD COLUMN day_offset INTEGER;  -- a campaign step's earliest day
+    CREATE INDEX submissions_campaign ON submissions(campaign_id, campaign_step, attempt);
+    ALTER TABLE campaigns ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE campaigns ADD COLUMN updated_at TEXT;
+    ALTER TABLE campaigns ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX campaigns_agreement ON campaigns(agreement, state);
+    """,
 ]
 
 
