@@ -17,7 +17,15 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -193,6 +201,9 @@ class Settings(BaseSettings):
 
     # Set by load_settings() before construction; not a setting itself.
     _toml_path: ClassVar[Path | None] = None
+    # The settings file's directory, set by load_settings(): relative paths in the file
+    # (rules, ...) are read against it, so `--config site/seftpilot.toml` works from anywhere.
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     state_dir: Path = Path("state")
     rules: list[Path] = Field(default_factory=lambda: [Path("rules")])
@@ -220,6 +231,12 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` as written in the settings, read relative to the settings file."""
+        if path.is_absolute() or self._base_dir is None:
+            return path
+        return self._base_dir / path
 
     def agreement_for(self, nic: str | None) -> Agreement:
         """The agreement named ``nic``, or the only one when ``nic`` is None."""
@@ -272,7 +289,9 @@ def load_settings(
         toml_file = toml_path
     Settings._toml_path = toml_file
     try:
-        return Settings(**overrides)
+        loaded = Settings(**overrides)
+        loaded._base_dir = toml_file.parent if toml_file is not None else None
+        return loaded
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or None
