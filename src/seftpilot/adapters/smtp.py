@@ -100,6 +100,12 @@ def _by_code(code: int, text: str, server: str) -> TransportError:
     )
 
 
+def _ssl_text(exc: ssl.SSLError) -> str:
+    # Raised by the ssl module these carry reason/verify_message; built by hand they may not.
+    text = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+    return str(text or exc.strerror or exc)
+
+
 def translate(exc: BaseException, server: str) -> TransportError:
     """Map an smtplib/ssl/socket exception onto the error tree.
 
@@ -111,16 +117,16 @@ def translate(exc: BaseException, server: str) -> TransportError:
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TLSVerificationError(
-            f"certificate not trusted: {exc.verify_message or exc.reason}",
+            f"certificate not trusted: {_ssl_text(exc)}",
             server=server,
             hint="trust the server's CA with smtp.ca_file, or fix smtp.host to the "
             "name on the certificate",
         )
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return TransientError(f"TLS connection closed: {exc.reason}", server=server)
+        return TransientError(f"TLS connection closed: {_ssl_text(exc)}", server=server)
     if isinstance(exc, ssl.SSLError):
         return PermanentError(
-            f"TLS failed: {exc.reason or exc}",
+            f"TLS failed: {_ssl_text(exc)}",
             server=server,
             hint="check smtp.security: 'tls' is implicit TLS (usually port 465), "
             "'starttls' upgrades a plain connection (usually port 587)",
