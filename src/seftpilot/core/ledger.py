@@ -103,9 +103,7 @@ ACCEPTED: frozenset[str] = frozenset({S.CONFIRMED_SUCCESS, S.PRESUMED_SUCCESS})
 # The file may be on NHS's side but no verdict says what NHS made of it.
 IN_FLIGHT: frozenset[str] = frozenset({S.UPLOADING, S.UPLOAD_UNKNOWN, S.UPLOADED, S.UNKNOWN})
 # Nothing more happens to a submission in these states.
-SUBMISSION_FINAL: frozenset[str] = frozenset(
-    {S.CONFIRMED_SUCCESS, S.RETRIED, S.CANCELLED}
-)
+SUBMISSION_FINAL: frozenset[str] = frozenset({S.CONFIRMED_SUCCESS, S.RETRIED, S.CANCELLED})
 
 
 # -- campaigns ----------------------------------------------------------------------------
@@ -148,9 +146,9 @@ CAMPAIGN_ACTIVE: frozenset[str] = frozenset({C.PLANNED, C.RUNNING, C.BLOCKED, C.
 
 Machine = Literal["submission", "campaign"]
 TRANSITIONS: dict[str, dict[tuple[str, str], str]] = {
-    # StrEnum members are str, so both tables answer plain-string lookups as well.
-    "submission": dict(SUBMISSION_TRANSITIONS),
-    "campaign": dict(CAMPAIGN_TRANSITIONS),
+    # Plain-string copies, so stored states (TEXT in the ledger) look up directly.
+    "submission": {(str(s), str(e)): str(n) for (s, e), n in SUBMISSION_TRANSITIONS.items()},
+    "campaign": {(str(s), str(e)): str(n) for (s, e), n in CAMPAIGN_TRANSITIONS.items()},
 }
 STATES: dict[str, tuple[str, ...]] = {
     "submission": tuple(SubmissionState),
@@ -311,9 +309,7 @@ def derive_pool(history: Iterable[HistoryEntry], stuck: Iterable[StuckMark] = ()
     marks = {m.ref: m for m in stuck if not m.resolved}
     deleted_by: dict[str, tuple[int, datetime]] = {}
     pool = Pool()
-    accepted = [
-        h for h in history if h.verdict in ACCEPTED and h.uploaded_at is not None
-    ]
+    accepted = [h for h in history if h.verdict in ACCEPTED and h.uploaded_at is not None]
     accepted.sort(key=lambda h: (h.uploaded_at, h.submission_id))
     members = pool.members
     for entry in accepted:
