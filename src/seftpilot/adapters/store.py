@@ -153,6 +153,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE campaigns ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';
     CREATE INDEX campaigns_agreement ON campaigns(agreement, state);
     """,
+    # 3: mail intake (adapters/mail_store.py). dedupe_key is the Message-ID, or a hash of
+    # Date+From+Subject+size when there is none: the second key that survives a
+    # UIDVALIDITY change. last_error says why handling failed (no secrets).
+    """
+    ALTER TABLE mail_messages ADD COLUMN dedupe_key TEXT;
+    ALTER TABLE mail_messages ADD COLUMN size INTEGER;
+    ALTER TABLE mail_messages ADD COLUMN fetched_at TEXT;
+    ALTER TABLE mail_messages ADD COLUMN handled_at TEXT;
+    ALTER TABLE mail_messages ADD COLUMN last_error TEXT;
+    CREATE INDEX mail_messages_key ON mail_messages(account, folder, dedupe_key);
+    """,
 ]
 
 
