@@ -1,0 +1,511 @@
+"""Classify a ``Message`` with an ordered ``RuleSet``; say why.
+
+Owns the semantics of rules: how each field is read from a message, how contains /
+equals / regex / exists and all / any / not evaluate, stop semantics (the first stopping
+match decides; non-stopping matches annotate and evaluation continues), the mandatory
+final ``default`` rule, capture sanitising, and the trace behind ``--explain``. Pure:
+must not read files (``adapters.rules_files`` loads YAML), log, or look at the clock.
+
+Matching rules of thumb (documented for operators in docs/rules.md):
+- text comparisons are case-insensitive unless ``case_sensitive: true``;
+- ``contains`` and ``equals`` compare with runs of whitespace collapsed, so a line break
+  in the middle of a phrase does not defeat a rule;
+- ``regex`` is searched with ``^``/``$`` matching at line ends; only the first
+  ``MAX_TEXT`` characters of a body are searched, which bounds the cost of one message;
+- ``from`` holds on the address or the display name; ``to`` on any To/Cc address;
+  ``attachment`` on any file name; ``subject`` ``equals`` ignores Re:/Fw:/Fwd: prefixes.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from seftpilot.core.message import Message
+from seftpilot.core.rules_model import (
+    DEFAULT_RULE,
+    Capture,
+    Match,
+    Rule,
+    RulesFile,
+    When,
+    compile_regex,
+    json_schema,
+)
+from seftpilot.errors import RulesError
+
+MAX_TEXT = 1_000_000
+MAX_CAPTURE = 200
+_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|tr|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+def sanitize_capture(value: str, limit: int = MAX_CAPTURE) -> str:
+    """Make captured text safe to put in an alert's subject or body.
+
+    Control characters (CR, LF, NUL, ESC...), format characters (bidi overrides) and
+    line/paragraph separators become spaces, so a sender cannot inject headers or
+    terminal escapes through a capture; whitespace collapses; length is capped.
+    """
+    cleaned = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") else ch for ch in value
+    )
+    cleaned = " ".join(cleaned.split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _show(text: str, limit: int = 60) -> str:
+    return repr(sanitize_capture(text, limit))
+
+
+class _View:
+    """The texts of one message as rules read them, computed once per message."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self._cache: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+    def values(self, name: str, header: str | None = None) -> tuple[str, ...]:
+        key = (name, header)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._compute(name, header)
+            self._cache[key] = found
+        return found
+
+    def _compute(self, name: str, header: str | None) -> tuple[str, ...]:
+        m = self.message
+        if name == "from":
+            return tuple(v for v in (m.from_addr, m.from_name) if v)
+        if name == "to":
+            return (*m.to, *m.cc)
+        if name == "subject":
+            return (m.subject,) if m.subject else ()
+        if name == "subject-stripped":
+            return (_PREFIX.sub("", m.subject),) if m.subject else ()
+        if name == "body":
+            return (m.text[:MAX_TEXT],) if m.text else ()
+        if name == "attachment":
+            return m.attachment_names
+        if name == "header":
+            value = m.headers.get((header or "").lower())
+            return (value,) if value else ()
+        raise AssertionError(name)  # pragma: no cover - the schema admits no other field
+
+    def folded(self, name: str, header: str | None) -> tuple[str, ...]:
+        key = (f"{name}#folded", header)
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(_norm(v).casefold() for v in self.values(name, header))
+            self._cache[key] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    held: bool
+    reasons: tuple[str, ...] = ()
+    captures: tuple[tuple[str, str], ...] = ()
+
+
+class _Leaf:
+    """One compiled field condition."""
+
+    def __init__(self, fieldname: str, match: Match, header: str | None = None) -> None:
+        self.field = fieldname
+        self.header = header
+        self.match = match
+        self.op = match.operator
+        self.case = match.case_sensitive
+        self.label = f"header {header}" if header else fieldname
+        self.pattern = compile_regex(match.regex, case_sensitive=self.case) if match.regex else None
+        raw = match.contains if self.op == "contains" else match.equals
+        items = [raw] if isinstance(raw, str) else list(raw or [])
+        self.needles = tuple(_norm(v) if self.case else _norm(v).casefold() for v in items)
+
+    def describe(self) -> str:
+        value = getattr(self.match, self.op)
+        if self.op == "regex":  # shown as written, not with repr()'s doubled backslashes
+            return f"{self.label} regex '{value}'"
+        return f"{self.label} {self.op} {value!r}"
+
+    def evaluate(self, view: _View) -> _Outcome:
+        source = "subject-stripped" if self.field == "subject" and self.op == "equals" else None
+        name = source or self.field
+        if self.op == "exists":
+            present = bool(view.values(name, self.header))
+            held = present is bool(self.match.exists)
+            return _Outcome(held, (self.describe(),) if held else ())
+        if self.pattern is not None:
+            for value in view.values(name, self.header):
+                found = self.pattern.search(value)
+                if found:
+                    caps = tuple(
+                        (k, sanitize_capture(v))
+                        for k, v in found.groupdict().items()
+                        if v is not None and v.strip()
+                    )
+                    why = f"{self.describe()} matched {_show(found.group(0))}"
+                    return _Outcome(True, (why,), caps)
+            return _Outcome(False)
+        values = (
+            tuple(_norm(v) for v in view.values(name, self.header))
+            if self.case
+            else view.folded(name, self.header)
+        )
+        if self.op == "contains":
+            held = any(n in v for v in values for n in self.needles)
+        else:
+            held = any(n == v for v in values for n in self.needles)
+        return _Outcome(held, (self.describe(),) if held else ())
+
+
+class _Node:
+    """A compiled ``When``: every part must hold (a conjunction)."""
+
+    def __init__(self, when: When) -> None:
+        self.parts: list[_Leaf | _Combinator] = []
+        for fieldname, attr in (
+            ("from", "from_"),
+            ("to", "to"),
+            ("subject", "subject"),
+            ("body", "body"),
+            ("attachment", "attachment"),
+        ):
+            match = getattr(when, attr)
+            if match is not None:
+                self.parts.append(_Leaf(fieldname, match))
+        for header, match in (when.header or {}).items():
+            self.parts.append(_Leaf("header", match, header))
+        if when.all_ is not None:
+            self.parts.append(_Combinator("all", [_Node(w) for w in when.all_]))
+        if when.any_ is not None:
+            self.parts.append(_Combinator("any", [_Node(w) for w in when.any_]))
+        if when.not_ is not None:
+            self.parts.append(_Combinator("not", [_Node(when.not_)]))
+
+    def leaves(self) -> Iterator[_Leaf]:
+        for part in self.parts:
+            if isinstance(part, _Leaf):
+                yield part
+            else:
+                for node in part.nodes:
+                    yield from node.leaves()
+
+    def describe(self) -> str:
+        return " and ".join(p.describe() for p in self.parts)
+
+    def evaluate(self, view: _View) -> _Outcome:
+        return _conjunction([p.evaluate for p in self.parts], view)
+
+
+def _conjunction(tests: Iterable[Callable[[_View], _Outcome]], view: _View) -> _Outcome:
+    reasons: list[str] = []
+    captures: list[tuple[str, str]] = []
+    for test in tests:
+        outcome = test(view)
+        if not outcome.held:
+            return _Outcome(False)
+        reasons.extend(outcome.reasons)
+        captures.extend(outcome.captures)
+    return _Outcome(True, tuple(reasons), tuple(captures))
+
+
+class _Combinator:
+    """all / any / not over sub-conditions."""
+
+    def __init__(self, kind: str, nodes: list[_Node]) -> None:
+        self.kind = kind
+        self.nodes = nodes
+
+    def describe(self) -> str:
+        if self.kind == "not":
+            return f"not ({self.nodes[0].describe()})"
+        return f"{self.kind}(" + "; ".join(n.describe() for n in self.nodes) + ")"
+
+    def evaluate(self, view: _View) -> _Outcome:
+        if self.kind == "not":
+            if self.nodes[0].evaluate(view).held:
+                return _Outcome(False)
+            return _Outcome(True, (self.describe(),))
+        if self.kind == "any":
+            for node in self.nodes:  # first alternative that holds explains the match
+                outcome = node.evaluate(view)
+                if outcome.held:
+                    return outcome
+            return _Outcome(False)
+        return _conjunction([n.evaluate for n in self.nodes], view)
+
+
+class _Capturer:
+    def __init__(self, capture: Capture) -> None:
+        self.items: list[tuple[str, str | None, re.Pattern[str]]] = []
+        for fieldname, attr in (
+            ("from", "from_"),
+            ("to", "to"),
+            ("subject", "subject"),
+            ("body", "body"),
+            ("attachment", "attachment"),
+        ):
+            pattern = getattr(capture, attr)
+            if pattern is not None:
+                self.items.append((fieldname, None, compile_regex(pattern)))
+        for header, pattern in (capture.header or {}).items():
+            self.items.append(("header", header, compile_regex(pattern)))
+
+    def run(self, view: _View) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for fieldname, header, pattern in self.items:
+            for value in view.values(fieldname, header):
+                found = pattern.search(value)
+                if found:
+                    out.extend(
+                        (k, sanitize_capture(v))
+                        for k, v in found.groupdict().items()
+                        if v is not None and v.strip()
+                    )
+                    break
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: Rule
+    origin: str
+    node: _Node | None
+    capturers: tuple[_Capturer, ...]
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """One rule that matched (a non-stopping one, or the deciding one)."""
+
+    rule: str
+    class_: str
+    action: str
+    params: Mapping[str, Any]
+    captures: Mapping[str, str]
+    held: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """A rule that did not match, with how many of its conditions held (for --explain)."""
+
+    rule: str
+    held: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The verdict of the rules on one message, and why.
+
+    ``rule``/``class_``/``action``/``params`` come from the deciding (stopping) rule;
+    ``captures`` merge every matched rule's captures, the deciding rule's first;
+    ``explanation`` lists the conditions of the deciding rule that held; ``matched``
+    names every rule that matched, non-stopping ones included, in order.
+    """
+
+    rule: str
+    class_: str
+    action: str
+    params: Mapping[str, Any]
+    captures: Mapping[str, str]
+    explanation: tuple[str, ...]
+    matched: tuple[str, ...]
+    hits: tuple[RuleHit, ...] = ()
+    near_misses: tuple[NearMiss, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "class": self.class_,
+            "action": self.action,
+            "params": dict(self.params),
+            "captures": dict(self.captures),
+            "explanation": list(self.explanation),
+            "matched": list(self.matched),
+        }
+
+
+class RuleSet:
+    """An ordered, validated list of rules ending with the ``default`` rule.
+
+    Build it with ``RuleSet(rules, origins)``; ``origins`` (e.g. ``"rules/nhs.yaml:14"``)
+    are only used in messages. Raises ``RulesError`` when the default rule is missing or
+    not last, or two rules share a name.
+    """
+
+    def __init__(self, rules: Sequence[Rule], origins: Sequence[str] | None = None) -> None:
+        origins = list(origins) if origins is not None else ["" for _ in rules]
+        if len(origins) != len(rules):
+            raise ValueError("one origin per rule")
+        seen: dict[str, str] = {}
+        for rule, origin in zip(rules, origins, strict=True):
+            if rule.name in seen:
+                file, line = _split_origin(origin)
+                first = seen[rule.name] or "an earlier rule"
+                raise RulesError(
+                    f"duplicate rule name (first defined at {first})",
+                    file=file,
+                    line=line,
+                    rule=rule.name,
+                    hint="rule names are recorded with every message: give each its own",
+                )
+            seen[rule.name] = origin
+        if not rules or rules[-1].name != DEFAULT_RULE:
+            file, line = _split_origin(origins[-1]) if origins else (None, None)
+            where = (
+                "it is missing"
+                if DEFAULT_RULE not in seen
+                else f"it is at {seen[DEFAULT_RULE] or 'an earlier position'}, not last"
+            )
+            raise RulesError(
+                f"the rule set must end with the rule named 'default' ({where})",
+                file=file,
+                line=None if DEFAULT_RULE not in seen else line,
+                hint=(
+                    "end the last rules file with: {name: default, class: unmatched, "
+                    "action: alert}; it sends anything no other rule matched to the operator"
+                ),
+            )
+        self.rules: tuple[CompiledRule, ...] = tuple(
+            CompiledRule(
+                rule=r,
+                origin=o,
+                node=_Node(r.when) if r.when is not None else None,
+                capturers=tuple(_Capturer(c) for c in r.capture),
+            )
+            for r, o in zip(rules, origins, strict=True)
+        )
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(self.rules)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rules)
+
+    @classmethod
+    def from_files(cls, files: Iterable[tuple[RulesFile, Sequence[str]]]) -> RuleSet:
+        """Concatenate already-validated files (each with one origin per rule), in order."""
+        rules: list[Rule] = []
+        origins: list[str] = []
+        for parsed, file_origins in files:
+            rules.extend(parsed.rules)
+            origins.extend(file_origins)
+        return cls(rules, origins)
+
+
+def _split_origin(origin: str) -> tuple[str | None, int | None]:
+    file, _, line = origin.rpartition(":")
+    if file and line.isdigit():
+        return file, int(line)
+    return (origin or None), None
+
+
+def _near_misses(ruleset: RuleSet, view: _View, limit: int = 3) -> tuple[NearMiss, ...]:
+    """Rules whose leaf conditions held best, ignoring structure (a hint, not a proof)."""
+    scored: list[tuple[float, int, NearMiss]] = []
+    for index, compiled in enumerate(ruleset.rules):
+        if compiled.node is None:
+            continue
+        held: list[str] = []
+        failed: list[str] = []
+        for leaf in compiled.node.leaves():
+            (held if leaf.evaluate(view).held else failed).append(leaf.describe())
+        if held:
+            scored.append(
+                (
+                    len(held) / (len(held) + len(failed)),
+                    -index,
+                    NearMiss(compiled.name, tuple(held), tuple(failed)),
+                )
+            )
+    scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return tuple(miss for _, _, miss in scored[:limit])
+
+
+def classify(message: Message, ruleset: RuleSet, *, explain: bool = False) -> Classification:
+    """Run the rules in order; the first matching stopping rule decides.
+
+    Always returns a classification: the mandatory ``default`` rule matches everything.
+    With ``explain``, a message that fell through to ``default`` also carries the rules
+    that came closest (``near_misses``).
+    """
+    view = _View(message)
+    hits: list[RuleHit] = []
+    for compiled in ruleset.rules:
+        if compiled.node is None:
+            outcome = _Outcome(True, ("no conditions: matches every message",))
+        else:
+            outcome = compiled.node.evaluate(view)
+        if not outcome.held:
+            continue
+        captures: dict[str, str] = {}
+        for key, value in outcome.captures:
+            captures.setdefault(key, value)
+        for capturer in compiled.capturers:
+            for key, value in capturer.run(view):
+                captures.setdefault(key, value)
+        rule = compiled.rule
+        hits.append(
+            RuleHit(
+                rule=rule.name,
+                class_=rule.class_,
+                action=rule.action,
+                params=MappingProxyType(dict(rule.params)),
+                captures=MappingProxyType(captures),
+                held=outcome.reasons,
+            )
+        )
+        if rule.stop:
+            break
+    decided = hits[-1]  # the default rule stops and matches everything
+    merged: dict[str, str] = dict(decided.captures)
+    for hit in hits[:-1]:
+        for key, value in hit.captures.items():
+            merged.setdefault(key, value)
+    near = _near_misses(ruleset, view) if explain and decided.rule == DEFAULT_RULE else ()
+    return Classification(
+        rule=decided.rule,
+        class_=decided.class_,
+        action=decided.action,
+        params=decided.params,
+        captures=MappingProxyType(merged),
+        explanation=decided.held,
+        matched=tuple(h.rule for h in hits),
+        hits=tuple(hits),
+        near_misses=near,
+    )
+
+
+__all__ = [
+    "Classification",
+    "CompiledRule",
+    "NearMiss",
+    "Rule",
+    "RuleHit",
+    "RuleSet",
+    "RulesFile",
+    "classify",
+    "json_schema",
+    "sanitize_capture",
+]
