@@ -10,7 +10,9 @@ Pure: candidates and the notice are values. Must not read the ledger or the cloc
 Note that NHS England requires every cohort file of an agreement to carry the same name
 (``NIC-402963-P0Y5D.csv``), so a quoted file name usually identifies the *agreement*;
 the window then identifies the submission. Where a profile gives each file its own
-name, a quoted name identifies the submission directly.
+name, a quoted name narrows to that submission. Either way the notice must have arrived
+inside the evidence window of the one submission left: a late notice is reported with
+the submissions it names, not attributed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Correlation:
     reason: str
 
 
+def _by_id(candidate: Candidate) -> int:
+    return candidate.submission_id
+
+
 def _haystack(captures: Mapping[str, str], text: str) -> str:
     return "\n".join([*captures.values(), text])
 
@@ -57,8 +63,8 @@ def correlate(
     """Attribute a notice received at ``received_at`` to one of ``candidates``.
 
     ``text`` is what the notice says (subject and body text); ``captures`` are the named
-    groups its rule captured. Order of evidence: quoted file name, quoted NIC number,
-    then the evidence window the notice arrived in.
+    groups its rule captured. Quoted file names, then quoted NIC numbers narrow the
+    candidates; the evidence window the notice arrived in must then leave exactly one.
     """
     if not candidates:
         return Correlation(None, False, "no submission is awaiting a verdict")
@@ -74,11 +80,6 @@ def correlate(
     if named:
         names = sorted({c.file_name for c in named if c.file_name})
         found.append("file name " + ", ".join(names))
-        if len(named) == 1:
-            only = named[0]
-            return Correlation(
-                only.submission_id, False, f"quotes file name {only.file_name}, unique"
-            )
         pool = named
 
     quoted_nics = {m.upper() for m in NIC_IN_TEXT.findall(haystack)}
@@ -102,8 +103,14 @@ def correlate(
             quoted + f"arrived inside the evidence window of submission {inside[0].submission_id}",
         )
     if not inside:
-        return Correlation(None, False, quoted + "arrived outside every open evidence window")
-    ids = ", ".join(str(c.submission_id) for c in sorted(inside, key=lambda c: c.submission_id))
+        named_ids = ""
+        if found:
+            ids = ", ".join(str(c.submission_id) for c in sorted(pool, key=_by_id))
+            named_ids = f" (of submissions {ids}, which it names)"
+        return Correlation(
+            None, False, quoted + f"arrived outside every open evidence window{named_ids}"
+        )
+    ids = ", ".join(str(c.submission_id) for c in sorted(inside, key=_by_id))
     return Correlation(
         None,
         True,
