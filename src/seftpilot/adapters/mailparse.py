@@ -309,10 +309,21 @@ def _walk(
                     in_attachment=False,
                     depth=depth + 1,
                 )
-                header = f"----- attached message -----\nFrom: {frm}\nSubject: {subj}\n"
+                header = f"----- attached message -----\nFrom: {frm}\nSubject: {subj}\n\n"
                 text = "\n".join(sub_body.plain) or html_to_text("\n".join(sub_body.html))
                 if not in_attachment:
                     body.plain.append(header + text)
+                # The message itself is also a file the operator may want (sha256, size).
+                data = _as_bytes(msg, where, defects)
+                body.attachments.append(
+                    Attachment(
+                        name=filename or f"{subj[:60] or 'message'}.eml",
+                        content_type=ctype,
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        payload=data,
+                    )
+                )
                 body.attachments.extend(sub_body.attachments)
         else:
             # message/delivery-status etc.: compat32 splits it into header blocks.
@@ -361,6 +372,14 @@ def _walk(
             payload=data,
         )
     )
+
+
+def _as_bytes(msg: EmailMessage, where: str, defects: _Defects) -> bytes:
+    try:
+        return msg.as_bytes()
+    except Exception:  # re-serialising a damaged message can fail; the text is kept
+        defects.add(f"{where}: attached message could not be re-serialised")
+        return b""
 
 
 def _default_name(ctype: str, index: int) -> str:
