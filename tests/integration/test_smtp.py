@@ -289,3 +289,17 @@ def test_every_caught_type_maps_to_a_transport_error() -> None:
         mapped = translate(base("x"), "s:1")
         assert isinstance(mapped, TransportError)
         assert "unexpected" not in mapped.message
+
+
+def test_fixture_hands_accepted_mail_to_deliver_to(
+    smtp_server_factory: Callable[..., SmtpServer],
+) -> None:
+    delivered: list[tuple[str, tuple[str, ...]]] = []
+    server = smtp_server_factory(deliver_to=lambda m: delivered.append((m.mail_from, m.rcpt_tos)))
+    server.fail_next(1, 550)
+    mailer = Mailer(server.settings())
+    with pytest.raises(PermanentError):
+        mailer.send(_message())
+    mailer.send(_message("watch@study.example"))
+    # Refused transactions are not delivered; accepted ones are, with their envelope.
+    assert delivered == [("seftpilot@study.example", ("watch@study.example",))]

@@ -281,7 +281,9 @@ class Mailer:
         """Send ``msg`` (From and Message-ID filled in when missing); return its Message-ID.
 
         Retries transient failures per the Mailer's retry policy (none by default: the
-        caller's own loop may prefer to retry later).
+        caller's own loop may prefer to retry later). A connection dropped after the
+        server accepted DATA but before its reply looks transient and may, when retried,
+        deliver twice; the Message-ID stays the same so receivers can tell.
         """
         if msg["From"] is None:
             msg["From"] = self.settings.from_address
