@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from seftpilot.config import Settings
 from seftpilot.core.rules import RuleSet
 from seftpilot.core.rules_lint import LintProblem, lint
 from seftpilot.core.rules_model import (
@@ -330,9 +331,33 @@ def load_rules(paths: Sequence[Path]) -> RuleSet:
     return report.ruleset
 
 
+def configured_rules_paths(cfg: Settings) -> list[Path]:
+    """The rules paths of the settings, read relative to the settings file."""
+    return [cfg.resolve(p) for p in cfg.rules]
+
+
+def check_configured_rules(cfg: Settings) -> str:
+    """`seftpilot check`'s rules check: load and lint; raise RulesError on any problem."""
+    report = check_rules(configured_rules_paths(cfg))
+    if report.errors:
+        first = report.errors[0]
+        more = len(report.errors) - 1
+        suffix = f" (and {more} more; run `seftpilot rules check`)" if more else ""
+        raise RulesError(first.message + suffix, hint=first.hint)
+    if report.lint:
+        problem = report.lint[0]
+        more = len(report.lint) - 1
+        suffix = f" (and {more} more; run `seftpilot rules check`)" if more else ""
+        raise RulesError(f"{problem.origin}: rule {problem.rule!r}: {problem.message}{suffix}")
+    assert report.ruleset is not None
+    return f"{len(report.ruleset)} rules from {len(report.files)} files"
+
+
 __all__ = [
     "RulesReport",
+    "check_configured_rules",
     "check_rules",
+    "configured_rules_paths",
     "default_rules_path",
     "expand_paths",
     "load_rules",

@@ -134,6 +134,8 @@ class _Leaf:
 
     def describe(self) -> str:
         value = getattr(self.match, self.op)
+        if self.op == "exists":
+            return f"{self.label} is present" if value else f"{self.label} is absent"
         if self.op == "regex":  # shown as written, not with repr()'s doubled backslashes
             return f"{self.label} regex '{value}'"
         return f"{self.label} {self.op} {value!r}"
@@ -421,24 +423,39 @@ def _split_origin(origin: str) -> tuple[str | None, int | None]:
     return (origin or None), None
 
 
+_Score = tuple[float, list[str], list[str]]
+
+
+def _score(part: _Leaf | _Node | _Combinator, view: _View) -> _Score:
+    """How nearly ``part`` holds: 1 or 0 for a test, the mean over a conjunction, the best
+    alternative of an ``any``; with the tests that held and failed along that path."""
+    if isinstance(part, _Leaf):
+        held = part.evaluate(view).held
+        return (1.0, [part.describe()], []) if held else (0.0, [], [part.describe()])
+    if isinstance(part, _Combinator) and part.kind == "not":
+        if part.evaluate(view).held:
+            return 1.0, [part.describe()], []
+        return 0.0, [], [part.describe()]
+    if isinstance(part, _Combinator) and part.kind == "any":
+        return max((_score(n, view) for n in part.nodes), key=lambda s: s[0])
+    children = part.nodes if isinstance(part, _Combinator) else part.parts
+    scores = [_score(c, view) for c in children]
+    return (
+        sum(s[0] for s in scores) / len(scores),
+        [h for s in scores for h in s[1]],
+        [f for s in scores for f in s[2]],
+    )
+
+
 def _near_misses(ruleset: RuleSet, view: _View, limit: int = 3) -> tuple[NearMiss, ...]:
-    """Rules whose leaf conditions held best, ignoring structure (a hint, not a proof)."""
+    """The rules that came closest to matching (a hint for --explain, not a proof)."""
     scored: list[tuple[float, int, NearMiss]] = []
     for index, compiled in enumerate(ruleset.rules):
         if compiled.node is None:
             continue
-        held: list[str] = []
-        failed: list[str] = []
-        for leaf in compiled.node.leaves():
-            (held if leaf.evaluate(view).held else failed).append(leaf.describe())
-        if held:
-            scored.append(
-                (
-                    len(held) / (len(held) + len(failed)),
-                    -index,
-                    NearMiss(compiled.name, tuple(held), tuple(failed)),
-                )
-            )
+        value, held, failed = _score(compiled.node, view)
+        if value > 0:
+            scored.append((value, -index, NearMiss(compiled.name, tuple(held), tuple(failed))))
     scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return tuple(miss for _, _, miss in scored[:limit])
 

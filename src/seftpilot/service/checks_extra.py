@@ -10,7 +10,9 @@ Check = tuple[str, Callable[[Settings], str]]
 
 
 def offline_checks() -> list[Check]:
-    return []
+    from seftpilot.adapters.rules_files import check_configured_rules
+
+    return [("rules", check_configured_rules)]
 
 
 def connect_checks() -> list[Check]:
