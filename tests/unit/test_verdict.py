@@ -93,20 +93,20 @@ def test_confirmed_success_needs_no_listening_proof() -> None:
         evidence(
             listening=[],
             canaries=[],
-            mails=[mail(20, "validation_success", captures={"link": "https://x/summary"})],
+            mails=[mail(20, "submission_succeeded", captures={"link": "https://x/summary"})],
         )
     )
     assert v.kind is VerdictKind.CONFIRMED_SUCCESS
     assert v.captures == ({"link": "https://x/summary"},)
-    assert has(v.reasons, "success notice", "validation_success")
+    assert has(v.reasons, "success notice", "submission_succeeded")
 
 
 def test_failed_keeps_the_captures() -> None:
-    v = decide(evidence(mails=[mail(20, "validation_failure", captures={"reason": "bad DOB"})]))
+    v = decide(evidence(mails=[mail(20, "submission_failed", captures={"reason": "bad DOB"})]))
     assert v.kind is VerdictKind.FAILED
     assert not v.kind.successful
     assert v.captures == ({"reason": "bad DOB"},)
-    assert has(v.reasons, "failure notice", "validation_failure mail received Tue 03 Mar 06:00")
+    assert has(v.reasons, "failure notice", "submission_failed mail received Tue 03 Mar 06:00")
 
 
 def test_failure_beats_missing_evidence() -> None:
@@ -115,30 +115,30 @@ def test_failure_beats_missing_evidence() -> None:
             listening=[],
             canaries=[Canary(at(1))],
             auth_broken_during_window=True,
-            mails=[mail(3, "unmatched", None), mail(20, "validation_failure")],
+            mails=[mail(3, "unmatched", None), mail(20, "submission_failed")],
         )
     )
     assert v.kind is VerdictKind.FAILED
 
 
 def test_conflicting_notices_are_unknown() -> None:
-    v = decide(evidence(mails=[mail(19, "validation_failure"), mail(20, "validation_success")]))
+    v = decide(evidence(mails=[mail(19, "submission_failed"), mail(20, "submission_succeeded")]))
     assert v.kind is VerdictKind.UNKNOWN
-    assert has(v.reasons, "conflicting notices", "validation_failure", "validation_success")
+    assert has(v.reasons, "conflicting notices", "submission_failed", "submission_succeeded")
     assert len(v.captures) == 2
 
 
 def test_notices_for_other_submissions_do_not_count() -> None:
     v = decide(
         evidence(
-            mails=[mail(19, "validation_failure", OTHER), mail(20, "validation_success", OTHER)]
+            mails=[mail(19, "submission_failed", OTHER), mail(20, "submission_succeeded", OTHER)]
         )
     )
     assert v.kind is VerdictKind.PRESUMED_SUCCESS
 
 
 def test_mail_outside_the_window_is_ignored() -> None:
-    v = decide(evidence(mails=[mail(-1, "validation_failure"), mail(27, "unmatched", None)]))
+    v = decide(evidence(mails=[mail(-1, "submission_failed"), mail(27, "unmatched", None)]))
     assert v.kind is VerdictKind.PRESUMED_SUCCESS
 
 
@@ -150,14 +150,14 @@ def test_mail_outside_the_window_is_ignored() -> None:
     [(AMBIGUOUS, "could concern more than one submission"), (None, "could not be correlated")],
 )
 def test_stray_failure_blocks_presumed_success(correlated: str | None, wording: str) -> None:
-    v = decide(evidence(mails=[mail(20, "validation_failure", correlated)]))
+    v = decide(evidence(mails=[mail(20, "submission_failed", correlated)]))
     assert v.kind is VerdictKind.UNKNOWN
-    assert has(v.reasons, "validation_failure", wording, "may concern this submission")
+    assert has(v.reasons, "submission_failed", wording, "may concern this submission")
 
 
 def test_stray_failure_blocks_confirmed_success() -> None:
     v = decide(
-        evidence(mails=[mail(19, "validation_failure", AMBIGUOUS), mail(20, "validation_success")])
+        evidence(mails=[mail(19, "submission_failed", AMBIGUOUS), mail(20, "submission_succeeded")])
     )
     assert v.kind is VerdictKind.UNKNOWN
     assert has(v.reasons, "could concern more than one submission")
@@ -165,9 +165,9 @@ def test_stray_failure_blocks_confirmed_success() -> None:
 
 
 def test_stray_success_blocks_presumed_but_not_confirmed() -> None:
-    stray = mail(19, "validation_success", AMBIGUOUS)
+    stray = mail(19, "submission_succeeded", AMBIGUOUS)
     assert decide(evidence(mails=[stray])).kind is VerdictKind.UNKNOWN
-    v = decide(evidence(mails=[stray, mail(20, "validation_success")]))
+    v = decide(evidence(mails=[stray, mail(20, "submission_succeeded")]))
     assert v.kind is VerdictKind.CONFIRMED_SUCCESS
 
 
@@ -283,7 +283,7 @@ def test_every_reason_is_listed_together() -> None:
             listening=[],
             auth_broken_during_window=True,
             canaries=[Canary(at(0.5))],
-            mails=[mail(3, "unmatched", None), mail(4, "validation_failure", AMBIGUOUS)],
+            mails=[mail(3, "unmatched", None), mail(4, "submission_failed", AMBIGUOUS)],
         )
     )
     assert v.kind is VerdictKind.UNKNOWN
@@ -306,7 +306,7 @@ def test_times_in_reasons_are_london_wall_clock() -> None:
 
 
 def test_verdict_round_trips_through_json_form() -> None:
-    v = decide(evidence(mails=[mail(20, "validation_failure", captures={"reason": "x"})]))
+    v = decide(evidence(mails=[mail(20, "submission_failed", captures={"reason": "x"})]))
     assert Verdict.from_dict(v.to_dict()) == v
     assert v.to_dict()["kind"] == "failed"
 

@@ -48,8 +48,8 @@ UNMATCHED_CLASS = "unmatched"
 
 # The class names of the default rules. Operators may rename classes in their rules;
 # the shell then passes the rules' own failure/success classes into ``Evidence``.
-DEFAULT_FAILURE_CLASSES: frozenset[str] = frozenset({"validation_failure"})
-DEFAULT_SUCCESS_CLASSES: frozenset[str] = frozenset({"validation_success"})
+DEFAULT_FAILURE_CLASSES: frozenset[str] = frozenset({"submission_failed"})
+DEFAULT_SUCCESS_CLASSES: frozenset[str] = frozenset({"submission_succeeded"})
 
 
 class VerdictKind(StrEnum):
