@@ -17,6 +17,14 @@ pytest_plugins = [
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_retry_waits() -> None:
+    """Retries happen at once in tests (the stamina habit): behaviour, not waiting."""
+    from seftpilot.adapters import retry
+
+    retry.set_testing(True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's own settings or .env."""
