@@ -80,6 +80,16 @@ def test_bounded_by_total_time_even_with_attempts_left(no_waits: None) -> None:
     assert fn.calls == 3  # after 120 s the budget is spent
 
 
+@pytest.fixture
+def _real_waits() -> Iterator[None]:
+    """conftest switches waits off session-wide; these tests are about the waits."""
+    was = retry.is_testing()
+    retry.set_testing(False)
+    yield
+    retry.set_testing(was)
+
+
+@pytest.mark.usefixtures("_real_waits")
 def test_backoff_grows_and_never_overruns_the_budget() -> None:
     # Not in testing mode: the waits happen, on a fake clock.
     clock = FakeClock(datetime(2026, 1, 5, tzinfo=UTC))
@@ -133,6 +143,7 @@ def test_each_retry_is_logged_at_warning_without_secrets(
     assert "hunter2" not in caplog.text
 
 
+@pytest.mark.usefixtures("_real_waits")
 def test_testing_switch_restores_itself() -> None:
     assert not retry.is_testing()
     with retry.testing():
