@@ -993,10 +993,10 @@ class LedgerStore:
         pos = 0
         pending: list[tuple[int, str, str | None, int, str | None]] = []
         done = False
+        # The whole stream is read even after the last match, so a reader that checks
+        # its source at the end (e.g. the file's hash) gets to run inside the transaction.
         for row in add_rows:
-            if done:
-                break
-            if row.unique_reference != step.refs[pos]:
+            if done or row.unique_reference != step.refs[pos]:
                 continue
             pending.append((sub_id, row.unique_reference, row.nhs_number, pos + 1, _row_data(row)))
             pos += 1

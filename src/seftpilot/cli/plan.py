@@ -1,9 +1,344 @@
-"""CLI: the `plan` commands (not built yet)."""
+"""CLI: ``seftpilot plan TARGET`` — the files that move the believed pool to TARGET.
+
+Owns reading the target study export for planning, rendering the plan, and (``--apply``)
+asking the ledger to record it as a campaign. Without ``--apply`` nothing is written
+anywhere. The plan itself is ``core.ledger.plan``; the pool is ``LedgerStore.pool``.
+
+Reading the target: the cohort engine (``seftpilot.adapters.cohort_files``) owns reading
+study exports. Until it offers ``load_profile`` / ``iter_file_records``, ``_read_records``
+reads the CSV directly, keyed on UNIQUE_REFERENCE (any case, spaces or underscores) and
+applying the agreement's ``column_mapping``; switch it over in that one function.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from seftpilot.adapters.clock import SystemClock
+from seftpilot.adapters.ledger_store import LedgerStore, RefRow
+from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json
+from seftpilot.cli.pool import NicOpt, open_ledger
+from seftpilot.config import Agreement
+from seftpilot.core.ledger import (
+    IN_FLIGHT,
+    MAX_ROWS_PER_FILE,
+    STRATEGIES,
+    PlannedStep,
+    Pool,
+    plan,
+)
+from seftpilot.errors import CohortSourceError, LedgerError
+
+REF_FIELD = "UNIQUE_REFERENCE"
+NHS_FIELDS = ("NHS_NO", "NHS_NUMBER")
+# The action column is the file's, not the participant's: the submission sets it.
+DROP_FIELDS = frozenset({"STATUS"})
+
+
+def field_name(header: str) -> str:
+    """``unique reference``, ``Unique_Reference `` -> ``UNIQUE_REFERENCE``."""
+    return re.sub(r"[\s_]+", "_", header.strip().upper())
+
+
+class _HashingLines:
+    """Iterate a binary file's lines as text while hashing exactly the bytes read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sha256 = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[str]:
+        first = True
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                self.sha256.update(raw)
+                text = raw.decode("utf-8", errors="strict")
+                if first:
+                    text = text.removeprefix("\ufeff")
+                    first = False
+                yield text
+
+
+def _read_records(
+    path: Path, agreement: Agreement
+) -> tuple[_HashingLines, Iterator[dict[str, str]]]:
+    """(hasher, records): each record maps profile field -> value, empty values left out."""
+    lines = _HashingLines(path)
+    mapping = {field_name(k): field_name(v) for k, v in agreement.column_mapping.items()}
+
+    def records() -> Iterator[dict[str, str]]:
+        reader = csv.reader(lines)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise CohortSourceError(
+                f"{path}: the file is empty",
+                hint="export the study's participants with a header row",
+            ) from None
+        names = [mapping.get(field_name(h), field_name(h)) for h in header]
+        if REF_FIELD not in names:
+            raise CohortSourceError(
+                f"{path}: no {REF_FIELD} column (found: {', '.join(header) or 'nothing'})",
+                hint="name the study ID column UNIQUE_REFERENCE, or map it in the agreement's "
+                "column_mapping",
+            )
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            yield {n: v.strip() for n, v in zip(names, row, strict=False) if v.strip()}
+
+    return lines, records()
+
+
+def iter_target(
+    path: Path, agreement: Agreement
+) -> tuple[_HashingLines, Iterator[tuple[int, RefRow]]]:
+    """Yield ``(row number, RefRow)`` for every participant of the target, checked for an
+    empty or repeated reference (named by data row, counting from 1)."""
+    try:
+        lines, records = _read_records(path, agreement)
+    except OSError as exc:
+        raise CohortSourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def rows() -> Iterator[tuple[int, RefRow]]:
+        seen: dict[str, int] = {}
+        try:
+            for number, record in enumerate(records, start=1):
+                ref = record.get(REF_FIELD, "")
+                if not ref:
+                    raise CohortSourceError(
+                        f"{path}: row {number}, column {REF_FIELD}: empty unique reference",
+                        hint="every participant needs the study's ID",
+                    )
+                if ref in seen:
+                    raise CohortSourceError(
+                        f"{path}: row {number}, column {REF_FIELD}: {ref!r} repeats row "
+                        f"{seen[ref]}",
+                        hint="each participant may appear once; remove the duplicate",
+                    )
+                seen[ref] = number
+                nhs = next((record[f] for f in NHS_FIELDS if record.get(f)), None)
+                data = {k: v for k, v in record.items() if k not in DROP_FIELDS}
+                yield number, RefRow(ref, nhs, data)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise CohortSourceError(
+                f"{path}: cannot read: {exc}",
+                hint="save the export as UTF-8 CSV",
+            ) from None
+
+    return lines, rows()
+
+
+def read_target_refs(path: Path, agreement: Agreement) -> tuple[list[str], str]:
+    """The target's references in file order, and the SHA-256 of the bytes read."""
+    lines, rows = iter_target(path, agreement)
+    refs = [row.unique_reference for _, row in rows]
+    return refs, lines.sha256.hexdigest()
+
+
+def stream_target_rows(path: Path, agreement: Agreement, sha256: str) -> Iterator[RefRow]:
+    """The target's rows again, for recording; the file must not have changed since."""
+    lines, rows = iter_target(path, agreement)
+    for _, row in rows:
+        yield row
+    if lines.sha256.hexdigest() != sha256:
+        raise CohortSourceError(
+            f"{path} changed while the plan was being recorded; nothing was recorded",
+            hint="run `seftpilot plan` again once the export is final",
+        )
+
+
+def _step_dict(step: PlannedStep) -> dict[str, Any]:
+    return {
+        "order": step.order,
+        "action": step.action,
+        "rows": step.count,
+        "earliest_nhs_day_offset": step.day_offset,
+        "part": step.part,
+        "parts": step.parts,
+        "waits_for": list(step.waits_for),
+    }
+
+
+def _render(doc: Mapping[str, Any]) -> None:
+    pool, target = doc["pool"], doc["target"]
+    console.print(
+        f"{doc['agreement']}: plan ({doc['strategy']}) from a believed pool of "
+        f"{pool['count']:,} to {target['path']} ({target['rows']:,} participants)"
+    )
+    for note in doc["notes"]:
+        console.print(f"  note: {note}")
+    if doc["nothing_to_do"]:
+        console.print("Nothing to do: the believed pool already matches the target.")
+        return
+    console.print(
+        f"\n  {'step':>4}  {'action':<6}  {'rows':>9}  {'part':>5}  {'earliest NHS day':<16}  "
+        "waits for"
+    )
+    for step in doc["steps"]:
+        waits = step["waits_for"]
+        after = f"a successful verdict on step {', '.join(map(str, waits))}" if waits else "-"
+        part = f"{step['part']}/{step['parts']}"
+        day = f"day +{step['earliest_nhs_day_offset']}"
+        console.print(
+            f"  {step['order']:>4}  {step['action']:<6}  {step['rows']:>9,}  {part:>5}  "
+            f"{day:<16}  {after}"
+        )
+    console.print(
+        "\n  One file per NHS day; day +N is the earliest, counted from the first upload."
+    )
+    if doc["applied"]:
+        console.print(
+            f"Recorded as campaign #{doc['campaign_id']} with {len(doc['steps'])} planned "
+            "submission(s); `seftpilot watch` or `seftpilot submit` carries it out."
+        )
+    else:
+        console.print("Nothing was recorded. Run again with --apply to record this plan.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``plan`` to ``app``."""
+
+    @app.command("plan")
+    def plan_cmd(  # noqa: PLR0917 (typer maps parameters to options)
+        target: Annotated[
+            Path, typer.Argument(help="The study export (CSV) the pool should become.")
+        ],
+        strategy: Annotated[
+            str,
+            typer.Option(
+                "--strategy",
+                help="diff: delete only who leaves, add only who is new. "
+                "replace: delete the whole pool, then add the whole target.",
+            ),
+        ] = "diff",
+        nic: NicOpt = None,
+        apply: Annotated[
+            bool, typer.Option("--apply", help="Record the plan as a campaign of submissions.")
+        ] = False,
+        allow_empty: Annotated[
+            bool,
+            typer.Option(
+                "--allow-empty", help="Accept a target with no participants (deletes everyone)."
+            ),
+        ] = False,
+        max_rows: Annotated[
+            int, typer.Option("--max-rows", hidden=True, min=1)
+        ] = MAX_ROWS_PER_FILE,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Show the submissions that move the believed pool to TARGET (--apply records them)."""
+        if strategy not in STRATEGIES:
+            raise typer.BadParameter(
+                f"{strategy!r} is not one of: {', '.join(STRATEGIES)}", param_hint="--strategy"
+            )
+        with open_ledger(config, nic) as (agreement, ledger):
+            refs, sha256 = read_target_refs(target, agreement)
+            if not refs and not allow_empty:
+                raise CohortSourceError(
+                    f"{target} has no participants; planning from it would delete the whole pool",
+                    hint="check the export; pass --allow-empty if everyone really is leaving",
+                )
+            pool = ledger.pool(agreement.nic)
+            steps = plan(pool, refs, strategy, max_rows=max_rows)
+            doc = _describe(
+                ledger,
+                agreement=agreement.nic,
+                target=target,
+                refs=refs,
+                sha256=sha256,
+                strategy=strategy,
+                pool=pool,
+                steps=steps,
+            )
+            if apply and steps:
+                doc["campaign_id"] = _apply(
+                    ledger,
+                    agreement=agreement,
+                    target=target,
+                    sha256=sha256,
+                    strategy=strategy,
+                    pool=pool,
+                    steps=steps,
+                )
+                doc["applied"] = True
+        if json_out:
+            emit_json(doc)
+        else:
+            _render(doc)
+
+
+def _describe(
+    ledger: LedgerStore,
+    *,
+    agreement: str,
+    target: Path,
+    refs: list[str],
+    sha256: str,
+    strategy: str,
+    pool: Pool,
+    steps: list[PlannedStep],
+) -> dict[str, Any]:
+    pending = ledger.list_submissions(agreement, states=IN_FLIGHT)
+    notes: list[str] = []
+    if pending:
+        ids = ", ".join(f"#{s.id} ({s.state})" for s in pending)
+        notes.append(
+            f"{len(pending)} submission(s) have no successful verdict yet and are not in the "
+            f"pool: {ids}; the plan may change once they are decided"
+        )
+    if pool.stuck:
+        wanted = sum(1 for r in refs if r in pool.stuck)
+        notes.append(
+            f"{len(pool.stuck):,} stuck reference(s) are not in the pool (NHS still holds them; "
+            f"{wanted:,} of them are in the target and will be added again); "
+            "see `seftpilot pool export --stuck`"
+        )
+    return {
+        "agreement": agreement,
+        "strategy": strategy,
+        "target": {"path": str(target), "rows": len(refs), "sha256": sha256},
+        "pool": {"count": len(pool), "stuck": len(pool.stuck), "awaiting_verdict": len(pending)},
+        "nothing_to_do": not steps,
+        "steps": [_step_dict(s) for s in steps],
+        "notes": notes,
+        "applied": False,
+        "campaign_id": None,
+    }
+
+
+def _apply(
+    ledger: LedgerStore,
+    *,
+    agreement: Agreement,
+    target: Path,
+    sha256: str,
+    strategy: str,
+    pool: Pool,
+    steps: list[PlannedStep],
+) -> int:
+    pending = ledger.list_submissions(agreement.nic, states=IN_FLIGHT)
+    if pending:
+        raise LedgerError(
+            f"submission #{pending[0].id} is {pending[0].state}: the pool is not settled, so "
+            "the plan cannot be recorded yet",
+            hint="wait for its verdict (or resolve it), then plan again",
+        )
+    campaign = ledger.create_campaign(
+        agreement.nic,
+        strategy,
+        steps,
+        at=SystemClock().now(),
+        pool=pool,
+        add_rows=stream_target_rows(target, agreement, sha256),
+        target_sha256=sha256,
+    )
+    return campaign.id
