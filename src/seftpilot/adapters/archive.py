@@ -548,6 +548,7 @@ def _verify_7zz(first: Path, secret: str, manifest: Manifest) -> None:
         proc.stdout.close()
         code = proc.wait()
         drain.join()
+        proc.stderr.close()
     if overflow:
         raise ArchiveVerificationError(
             f"{first.name}: decompresses to more than the manifest's sizes; stopped"
