@@ -204,6 +204,12 @@ def read_rules_file(path: Path) -> tuple[FileRules, list[RulesError]]:
         return FileRules(path), [RulesError(f"not UTF-8 text ({exc.reason})", file=name)]
     except OSError as exc:
         return FileRules(path), [RulesError(f"cannot read: {exc.strerror}", file=name)]
+    return parse_rules_text(text, path)
+
+
+def parse_rules_text(text: str, path: Path) -> tuple[FileRules, list[RulesError]]:
+    """Validate the text of one rules file (``path`` names it in messages)."""
+    name = str(path)
     reader = _Reader(name)
     try:
         data = reader.read(text)
@@ -361,5 +367,6 @@ __all__ = [
     "default_rules_path",
     "expand_paths",
     "load_rules",
+    "parse_rules_text",
     "read_rules_file",
 ]

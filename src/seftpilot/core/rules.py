@@ -370,20 +370,26 @@ class RuleSet:
                 )
             seen[rule.name] = origin
         if not rules or rules[-1].name != DEFAULT_RULE:
-            file, line = _split_origin(origins[-1]) if origins else (None, None)
-            where = (
-                "it is missing"
-                if DEFAULT_RULE not in seen
-                else f"it is at {seen[DEFAULT_RULE] or 'an earlier position'}, not last"
+            hint = (
+                "end the last rules file with: {name: default, class: unmatched, "
+                "action: alert}; it sends anything no other rule matched to the operator"
             )
+            if DEFAULT_RULE in seen:
+                file, line = _split_origin(seen[DEFAULT_RULE])
+                after = f"{rules[-1].name!r}" + (f" at {origins[-1]}" if origins[-1] else "")
+                raise RulesError(
+                    f"the default rule must be the last rule, but rule {after} comes after it",
+                    file=file,
+                    line=line,
+                    rule=DEFAULT_RULE,
+                    hint="move your own rules into a file that sorts before the default's "
+                    "(e.g. 50-local.yaml), or above it in the same file",
+                )
+            file, _ = _split_origin(origins[-1]) if origins else (None, None)
             raise RulesError(
-                f"the rule set must end with the rule named 'default' ({where})",
+                "the rule set must end with the rule named 'default' (it is missing)",
                 file=file,
-                line=None if DEFAULT_RULE not in seen else line,
-                hint=(
-                    "end the last rules file with: {name: default, class: unmatched, "
-                    "action: alert}; it sends anything no other rule matched to the operator"
-                ),
+                hint=hint,
             )
         self.rules: tuple[CompiledRule, ...] = tuple(
             CompiledRule(
