@@ -174,12 +174,17 @@ class OperatorSettings(_Section):
 class HeartbeatSettings(_Section):
     url: str | None = None
     timeout_seconds: float = 10.0
+    # Listening is stale (a /fail ping, an alert) when no cycle was recorded for one
+    # expected cycle (poll interval, or IDLE renewal) plus this much.
+    grace_seconds: int = Field(default=300, ge=0)
 
 
 class CanarySettings(_Section):
     enabled: bool = True
     send_time: time = time(10, 0)
     max_delay_minutes: int = 30
+    # Where canaries go: the watched mailbox's address (default: imap.username).
+    address: str = ""
 
 
 class WatchdogSettings(_Section):

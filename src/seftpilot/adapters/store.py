@@ -164,6 +164,58 @@ MIGRATIONS: list[str] = [
     ALTER TABLE mail_messages ADD COLUMN last_error TEXT;
     CREATE INDEX mail_messages_key ON mail_messages(account, folder, dedupe_key);
     """,
+    # 4: monitoring (service/alerts.py, service/monitor.py). An alert is one row per key
+    # (dedupe); ``pending`` says which mail is owed (raised | reminder | cleared). A canary
+    # row is claimed by its ``slot`` (daily:DAY, window:SUBMISSION) before it is sent. A
+    # digest row is claimed per NHS day before it is sent: never two for one day.
+    """
+    CREATE TABLE alerts (
+        key TEXT PRIMARY KEY,
+        severity TEXT NOT NULL,
+        subject TEXT NOT NULL,               -- sanitised: one line, no control characters
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,                 -- open | cleared
+        first_raised_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,          -- last raise_alert for this key
+        last_sent_at TEXT,
+        sent_count INTEGER NOT NULL DEFAULT 0,
+        pending TEXT,                        -- raised | reminder | cleared | NULL
+        cleared_at TEXT,
+        clear_text TEXT,
+        version INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX alerts_pending ON alerts(pending);
+    CREATE TABLE canaries (
+        token TEXT PRIMARY KEY,
+        slot TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        sent_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        arrived_at TEXT,
+        mail_id INTEGER REFERENCES mail_messages(id),
+        lost_at TEXT
+    );
+    CREATE INDEX canaries_sent ON canaries(sent_at);
+    CREATE TABLE heartbeat_pings (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        signal TEXT NOT NULL,                -- success | fail
+        run_id TEXT NOT NULL,
+        ok INTEGER NOT NULL,                 -- the monitor answered 2xx
+        listening_at TEXT,                   -- the listening cycle reported (success)
+        reason TEXT
+    );
+    CREATE TABLE digests (
+        day TEXT PRIMARY KEY,                -- NHS day (Europe/London)
+        claimed_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        sent_at TEXT,
+        message_id TEXT,
+        error TEXT
+    );
+    """,
 ]
 
 
