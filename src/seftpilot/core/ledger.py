@@ -252,7 +252,7 @@ class HistoryEntry:
     refs: Iterable[tuple[str, str | None]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StuckMark:
     """Evidence that NHS still holds a reference after accepting its DELETE."""
 
@@ -262,14 +262,14 @@ class StuckMark:
     resolved: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolEntry:
     ref: str
     added_at: datetime
     submission_id: int  # the accepted ADD that put it there (its row data is kept there)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StuckEntry:
     ref: str
     since: datetime
