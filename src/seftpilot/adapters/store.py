@@ -216,6 +216,14 @@ MIGRATIONS: list[str] = [
         error TEXT
     );
     """,
+    # 5: submission notices (service/submission_mail.py). ``correlation`` records how a
+    # failure/success notice was attributed (JSON: submission_id, ambiguous, reason), so
+    # an ambiguous notice is remembered as such instead of looking merely unhandled.
+    """
+    ALTER TABLE mail_messages ADD COLUMN correlation TEXT;
+    CREATE INDEX mail_messages_received ON mail_messages(received_at);
+    CREATE INDEX mail_messages_submission ON mail_messages(submission_id);
+    """,
 ]
 
 
