@@ -160,11 +160,19 @@ def test_unsettled_pool_is_noted_and_blocks_apply(
 
 def test_bad_targets_are_named(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     no_ref = site / "noref.csv"
-    no_ref.write_text("STUDY_ID,NHS_NO\r\nS1,9990000018\r\n")
+    no_ref.write_text("PARTICIPANT,NHS_NO,DOB\r\nS1,9990000018,1980-01-01\r\n")
     assert run(["plan", str(no_ref), *cfg(site)]) == 1
     err = capsys.readouterr().err
-    assert "noref.csv" in err and "UNIQUE_REFERENCE" in err and "STUDY_ID" in err
+    assert "noref.csv" in err and "UNIQUE_REFERENCE" in err and "PARTICIPANT" in err
     assert "column_mapping" in err
+
+    invalid = site / "invalid.csv"
+    invalid.write_text(
+        "UNIQUE_REFERENCE,NHS_NO,DOB\r\nS1,9990000018,1980-01-01\r\nS2,1234567890,1980-01-01\r\n"
+    )
+    assert run(["plan", str(invalid), "--apply", *cfg(site)]) == 1
+    err = capsys.readouterr().err
+    assert "invalid.csv" in err and "row 2" in err and "invalid_nhs_number" in err
 
     dup = write_target(site / "dup.csv", ["S1", "S2", "S1"])
     assert run(["plan", str(dup), *cfg(site)]) == 1
@@ -190,9 +198,25 @@ def test_column_mapping_names_the_reference(
         '[agreement.column_mapping]\n"Study ID" = "UNIQUE_REFERENCE"\n'
     )
     export = tmp_path / "export.csv"
-    export.write_text("Study ID,DOB\nS1,1990-01-01\nS2,1991-02-02\n")
-    assert run(["plan", str(export), "--json", "--config", str(tmp_path / "seftpilot.toml")]) == 0
+    export.write_text("Study ID,NHS number,DOB\nS1,999 000 0018,1990-01-01\nS2,,02/02/1991\n")
+    config = ["--config", str(tmp_path / "seftpilot.toml")]
+    assert run(["plan", str(export), "--json", *config]) == 1  # S2: insufficient information
+    assert "row 2" in capsys.readouterr().err
+    export.write_text(
+        "Study ID,NHS number,DOB\nS1,999 000 0018,1990-01-01\nS2,999-000-0026,02/02/1991\n"
+    )
+    assert run(["plan", str(export), "--apply", "--json", *config]) == 0
     assert json.loads(capsys.readouterr().out)["steps"][0]["rows"] == 2
+    with Store(tmp_path / "state") as store:
+        ledger = LedgerStore(store)
+        (sub,) = ledger.list_submissions()
+        rows = list(ledger.rows(sub.id))
+    # Kept as the file will carry them: normalised by the cohort engine.
+    assert [(r.unique_reference, r.nhs_number) for r in rows] == [
+        ("S1", "9990000018"),
+        ("S2", "9990000026"),
+    ]
+    assert rows[1].data and rows[1].data["DATE_OF_BIRTH"] == "19910202"
 
 
 def test_pool_show(site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,28 +4,30 @@ Owns reading the target study export for planning, rendering the plan, and (``--
 asking the ledger to record it as a campaign. Without ``--apply`` nothing is written
 anywhere. The plan itself is ``core.ledger.plan``; the pool is ``LedgerStore.pool``.
 
-Reading the target: the cohort engine (``seftpilot.adapters.cohort_files``) owns reading
-study exports. Until it offers ``load_profile`` / ``iter_file_records``, ``_read_records``
-reads the CSV directly, keyed on UNIQUE_REFERENCE (any case, spaces or underscores) and
-applying the agreement's ``column_mapping``; switch it over in that one function.
+The target is read through the cohort engine (the agreement's profile and
+``column_mapping``, ``core.cohort.CohortBuilder``), so the rows the ledger keeps are the
+normalised rows a file would carry, and a target with problems is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from seftpilot.adapters.clock import SystemClock
+from seftpilot.adapters.cohort_files import load_profile
 from seftpilot.adapters.ledger_store import LedgerStore, RefRow
 from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json
 from seftpilot.cli.pool import NicOpt, open_ledger
 from seftpilot.config import Agreement
+from seftpilot.core.cohort import CohortBuilder
+from seftpilot.core.cohort_profile import Profile
 from seftpilot.core.ledger import (
     IN_FLIGHT,
     MAX_ROWS_PER_FILE,
@@ -35,16 +37,6 @@ from seftpilot.core.ledger import (
     plan,
 )
 from seftpilot.errors import CohortSourceError, LedgerError
-
-REF_FIELD = "UNIQUE_REFERENCE"
-NHS_FIELDS = ("NHS_NO", "NHS_NUMBER")
-# The action column is the file's, not the participant's: the submission sets it.
-DROP_FIELDS = frozenset({"STATUS"})
-
-
-def field_name(header: str) -> str:
-    """``unique reference``, ``Unique_Reference `` -> ``UNIQUE_REFERENCE``."""
-    return re.sub(r"[\s_]+", "_", header.strip().upper())
 
 
 class _HashingLines:
@@ -66,35 +58,64 @@ class _HashingLines:
                 yield text
 
 
+# Problems that do not apply to a planning target: the plan splits a target of any size
+# into files of at most 1,000,000 rows, and an empty target is its own question.
+_NOT_TARGET_PROBLEMS = frozenset({"too_many_rows", "empty_file"})
+_BATCH_ROWS = 20_000
+
+
+def _problems_error(path: Path, problems: list[Any], total: int) -> CohortSourceError:
+    shown = "; ".join(
+        f"row {p.row}, column {p.column or '-'}: {p.code}: {p.message}" for p in problems[:5]
+    )
+    more = f" (and {total - 5} more)" if total > 5 else ""
+    return CohortSourceError(
+        f"{path}: {total} problem(s) in the target: {shown}{more}",
+        hint=f"fix the export; `seftpilot cohort build {path} --action ADD --out DIR` "
+        "lists every problem",
+    )
+
+
 def _read_records(
     path: Path, agreement: Agreement
-) -> tuple[_HashingLines, Iterator[dict[str, str]]]:
-    """(hasher, records): each record maps profile field -> value, empty values left out."""
+) -> tuple[_HashingLines, Profile, Iterator[dict[str, str]]]:
+    """(hasher, records): each record maps profile field -> normalised value, empty
+    values left out, read through the cohort engine's builder (the agreement's profile and
+    column_mapping, the same normalising and checks as ``seftpilot cohort build``). Any
+    problem in the target stops the plan once the file has been read."""
     lines = _HashingLines(path)
-    mapping = {field_name(k): field_name(v) for k, v in agreement.column_mapping.items()}
+    profile = load_profile(agreement.profile)
+    names = profile.field_names
 
     def records() -> Iterator[dict[str, str]]:
         reader = csv.reader(lines)
-        try:
-            header = next(reader)
-        except StopIteration:
+        header = next(reader, None)
+        if not header:
             raise CohortSourceError(
                 f"{path}: the file is empty",
                 hint="export the study's participants with a header row",
-            ) from None
-        names = [mapping.get(field_name(h), field_name(h)) for h in header]
-        if REF_FIELD not in names:
-            raise CohortSourceError(
-                f"{path}: no {REF_FIELD} column (found: {', '.join(header) or 'nothing'})",
-                hint="name the study ID column UNIQUE_REFERENCE, or map it in the agreement's "
-                "column_mapping",
             )
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            yield {n: v.strip() for n, v in zip(names, row, strict=False) if v.strip()}
+        try:
+            builder = CohortBuilder(
+                profile,
+                action=profile.status_values[0],
+                source_header=header,
+                mapping=agreement.column_mapping or None,
+            )
+        except CohortSourceError as exc:
+            raise CohortSourceError(f"{path}: {exc.message}", hint=exc.hint) from None
+        while batch := list(islice(reader, _BATCH_ROWS)):
+            rendered = builder.process(batch).decode("ascii")
+            for row in csv.reader(rendered.splitlines()):
+                yield {n: v for n, v in zip(names, row, strict=False) if v}
+        problems = [p for p in builder.finish() if p.code not in _NOT_TARGET_PROBLEMS]
+        if problems:
+            total = sum(
+                n for code, n in builder.log.counts.items() if code not in _NOT_TARGET_PROBLEMS
+            )
+            raise _problems_error(path, problems, total)
 
-    return lines, records()
+    return lines, profile, records()
 
 
 def iter_target(
@@ -103,29 +124,33 @@ def iter_target(
     """Yield ``(row number, RefRow)`` for every participant of the target, checked for an
     empty or repeated reference (named by data row, counting from 1)."""
     try:
-        lines, records = _read_records(path, agreement)
+        lines, profile, records = _read_records(path, agreement)
     except OSError as exc:
         raise CohortSourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    ref_field = profile.unique_field
+    nhs_fields = [f.name for f in profile.fields if f.kind == "nhs_number"]
 
     def rows() -> Iterator[tuple[int, RefRow]]:
         seen: dict[str, int] = {}
         try:
             for number, record in enumerate(records, start=1):
-                ref = record.get(REF_FIELD, "")
+                ref = record.get(ref_field, "")
                 if not ref:
                     raise CohortSourceError(
-                        f"{path}: row {number}, column {REF_FIELD}: empty unique reference",
+                        f"{path}: row {number}, column {ref_field}: empty unique reference",
                         hint="every participant needs the study's ID",
                     )
                 if ref in seen:
                     raise CohortSourceError(
-                        f"{path}: row {number}, column {REF_FIELD}: {ref!r} repeats row "
+                        f"{path}: row {number}, column {ref_field}: {ref!r} repeats row "
                         f"{seen[ref]}",
                         hint="each participant may appear once; remove the duplicate",
                     )
                 seen[ref] = number
-                nhs = next((record[f] for f in NHS_FIELDS if record.get(f)), None)
-                data = {k: v for k, v in record.items() if k not in DROP_FIELDS}
+                nhs = next((record[f] for f in nhs_fields if record.get(f)), None)
+                # The action column is the file's, not the participant's.
+                data = {k: v for k, v in record.items() if k != profile.status_field}
                 yield number, RefRow(ref, nhs, data)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise CohortSourceError(
