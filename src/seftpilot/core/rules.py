@@ -50,6 +50,10 @@ def sanitize_capture(value: str, limit: int = MAX_CAPTURE) -> str:
     line/paragraph separators become spaces, so a sender cannot inject headers or
     terminal escapes through a capture; whitespace collapses; length is capped.
     """
+    # Fast path (most captures): printable ASCII has no control characters to remove.
+    simple = value.isascii() and value.isprintable() and len(value) <= limit
+    if simple and "  " not in value and value == value.strip():
+        return value
     cleaned = "".join(
         " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") else ch for ch in value
     )
@@ -73,6 +77,9 @@ class _View:
     def __init__(self, message: Message) -> None:
         self.message = message
         self._cache: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        # Outcomes of identical tests (the same YAML anchor used by several rules) are
+        # computed once per message.
+        self.memo: dict[tuple[Any, ...], _Outcome] = {}
 
     def values(self, name: str, header: str | None = None) -> tuple[str, ...]:
         key = (name, header)
@@ -110,11 +117,21 @@ class _View:
         return found
 
 
+# A condition that held: its description, and the text a regex matched (else None).
+# Formatted into sentences only for the rules that matched, which keeps classify cheap.
+_Reason = tuple[str, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     held: bool
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[_Reason, ...] = ()
     captures: tuple[tuple[str, str], ...] = ()
+
+
+def _sentence(reason: _Reason) -> str:
+    text, matched = reason
+    return text if matched is None else f"{text} matched {_show(matched)}"
 
 
 class _Leaf:
@@ -131,6 +148,9 @@ class _Leaf:
         raw = match.contains if self.op == "contains" else match.equals
         items = [raw] if isinstance(raw, str) else list(raw or [])
         self.needles = tuple(_norm(v) if self.case else _norm(v).casefold() for v in items)
+        self.text = self.describe()
+        value = repr(getattr(match, self.op))
+        self.key = (fieldname, (header or "").lower(), self.op, value, self.case)
 
     def describe(self) -> str:
         value = getattr(self.match, self.op)
@@ -141,12 +161,19 @@ class _Leaf:
         return f"{self.label} {self.op} {value!r}"
 
     def evaluate(self, view: _View) -> _Outcome:
+        found = view.memo.get(self.key)
+        if found is None:
+            found = self._evaluate(view)
+            view.memo[self.key] = found
+        return found
+
+    def _evaluate(self, view: _View) -> _Outcome:
         source = "subject-stripped" if self.field == "subject" and self.op == "equals" else None
         name = source or self.field
         if self.op == "exists":
             present = bool(view.values(name, self.header))
             held = present is bool(self.match.exists)
-            return _Outcome(held, (self.describe(),) if held else ())
+            return _Outcome(held, ((self.text, None),) if held else ())
         if self.pattern is not None:
             for value in view.values(name, self.header):
                 found = self.pattern.search(value)
@@ -156,8 +183,7 @@ class _Leaf:
                         for k, v in found.groupdict().items()
                         if v is not None and v.strip()
                     )
-                    why = f"{self.describe()} matched {_show(found.group(0))}"
-                    return _Outcome(True, (why,), caps)
+                    return _Outcome(True, ((self.text, found.group(0)),), caps)
             return _Outcome(False)
         values = (
             tuple(_norm(v) for v in view.values(name, self.header))
@@ -168,7 +194,7 @@ class _Leaf:
             held = any(n in v for v in values for n in self.needles)
         else:
             held = any(n == v for v in values for n in self.needles)
-        return _Outcome(held, (self.describe(),) if held else ())
+        return _Outcome(held, ((self.text, None),) if held else ())
 
 
 class _Node:
@@ -211,7 +237,7 @@ class _Node:
 
 
 def _conjunction(tests: Iterable[Callable[[_View], _Outcome]], view: _View) -> _Outcome:
-    reasons: list[str] = []
+    reasons: list[_Reason] = []
     captures: list[tuple[str, str]] = []
     for test in tests:
         outcome = test(view)
@@ -238,7 +264,7 @@ class _Combinator:
         if self.kind == "not":
             if self.nodes[0].evaluate(view).held:
                 return _Outcome(False)
-            return _Outcome(True, (self.describe(),))
+            return _Outcome(True, ((self.describe(), None),))
         if self.kind == "any":
             for node in self.nodes:  # first alternative that holds explains the match
                 outcome = node.evaluate(view)
@@ -477,7 +503,7 @@ def classify(message: Message, ruleset: RuleSet, *, explain: bool = False) -> Cl
     hits: list[RuleHit] = []
     for compiled in ruleset.rules:
         if compiled.node is None:
-            outcome = _Outcome(True, ("no conditions: matches every message",))
+            outcome = _Outcome(True, (("no conditions: matches every message", None),))
         else:
             outcome = compiled.node.evaluate(view)
         if not outcome.held:
@@ -496,7 +522,7 @@ def classify(message: Message, ruleset: RuleSet, *, explain: bool = False) -> Cl
                 action=rule.action,
                 params=MappingProxyType(dict(rule.params)),
                 captures=MappingProxyType(captures),
-                held=outcome.reasons,
+                held=tuple(_sentence(r) for r in outcome.reasons),
             )
         )
         if rule.stop:
