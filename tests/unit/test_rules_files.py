@@ -174,3 +174,11 @@ def test_packaged_default_rules_load_and_lint_clean() -> None:
     assert {"seftpilot-canary", "delivery-failure", "auto-reply", "nhs-new-data"} <= set(
         report.ruleset.names
     )
+
+
+def test_empty_when_is_refused_not_a_silent_catch_all() -> None:
+    (message,) = problems(
+        "rules:\n  - name: r1\n    class: ignore\n    action: ignore\n    when:\n"
+    )
+    assert message.startswith("rules/nhs.yaml:2: rule 'r1': ")
+    assert "`when:` is empty" in message

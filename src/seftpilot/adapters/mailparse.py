@@ -8,12 +8,11 @@ network or the disk: it is called once per message by the intake and by `rules t
 
 Engine choice (measured, see benchmarks/RESULTS.md "Mail parsing"): the stdlib ``email``
 package with the ``compat32`` policy does the MIME split; this module does the decoding.
-mail-parser (which also calls ``email.message_from_bytes`` underneath, then walks every
-header twice, parses ``Received:`` chains and formats debug logs eagerly) was 5-8x slower
-per message on the sample mail for nothing the rules use, and DESIGN.md names parsing as
-the cost to beat. mail-parser stays the reference the tests compare us against.
-``policy.default`` was slower still (header objects built eagerly) and raises on some
-malformed headers that ``compat32`` carries as text.
+mail-parser calls the same ``email.message_from_bytes`` underneath, then walks every
+header twice, parses ``Received:`` chains and formats debug logs eagerly: this module was
+2.3x faster per message on the sample mail, and DESIGN.md names parsing as the cost to
+beat. mail-parser stays the reference the tests compare our fields against.
+``policy.default`` was slower than mail-parser itself (header objects built eagerly).
 
 Robustness contract: whatever the bytes, ``parse_message`` returns a ``Message``.
 Unknown charsets and undecodable bytes are decoded with replacement characters and a

@@ -168,7 +168,7 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
     return f"unknown condition {key!r}{_suggest(key, WHEN_KEYS)}"
 
 
-def _message(error: Any, loc: tuple[Any, ...], raw: Any) -> str:
+def _message(error: Any, loc: tuple[Any, ...]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return _unknown_key(loc)
@@ -270,7 +270,7 @@ def parse_rules_text(text: str, path: Path) -> tuple[FileRules, list[RulesError]
                 seen.add(loc)
                 problems.append(
                     RulesError(
-                        _message(error, loc, raw),
+                        _message(error, loc),
                         file=name,
                         line=reader.line_of((*base, *loc)),
                         rule=label,

@@ -195,6 +195,11 @@ class Rule(_Value):
 
     @model_validator(mode="after")
     def _default_shape(self) -> Rule:
+        if "when" in self.model_fields_set and self.when is None:
+            # `when:` with nothing under it would silently match every message.
+            raise ValueError(
+                "`when:` is empty: indent conditions under it, or remove it to match every message"
+            )
         if self.name == DEFAULT_RULE:
             if self.when is not None:
                 raise ValueError("the default rule must have no `when`: it catches everything")
