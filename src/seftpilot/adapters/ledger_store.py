@@ -116,6 +116,26 @@ class Campaign:
         return out
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A recorded mail as verdict evidence: its classification and which submission it
+    was correlated to (``correlated`` False: never attributed; ``ambiguous``: several)."""
+
+    mail_id: int
+    received_at: datetime
+    from_addr: str | None
+    subject: str | None
+    message_id: str | None
+    rule: str | None
+    class_: str | None
+    action: str | None
+    captures: dict[str, Any]
+    submission_id: int | None
+    ambiguous: bool
+    correlated: bool
+    state: str
+
+
 def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -520,19 +540,35 @@ class LedgerStore:
     def cancel(self, sub: Submission, *, at: datetime, reason: str = "") -> Submission:
         return self.transition(sub, SubmissionEvent.CANCEL, at=at, detail={"reason": reason})
 
-    def claim_upload(self, sub: Submission, *, at: datetime, nhs_day: date) -> Submission:
+    def claim_upload(
+        self,
+        sub: Submission,
+        *,
+        at: datetime,
+        nhs_day: date,
+        file_name: str | None = None,
+        file_sha256: str | None = None,
+        size: int | None = None,
+        transport: str | None = None,
+    ) -> Submission:
         """Claim a due submission for upload on ``nhs_day`` before any byte moves.
 
         The NHS day is recorded with the claim, so the database refuses a second
         agreement upload that day (DailyLimitReached) before the side effect, not after.
+        The file's name, SHA-256 and size (in the event) are recorded with the claim, so a
+        restart can tell by listing the remote folder whether the file arrived.
         """
-        return self.transition(
-            sub,
-            SubmissionEvent.CLAIM,
-            at=at,
-            nhs_day=nhs_day.isoformat(),
-            detail={"nhs_day": nhs_day.isoformat()},
-        )
+        fields: dict[str, Any] = {"nhs_day": nhs_day.isoformat()}
+        if file_name is not None:
+            fields["file_name"] = file_name
+        if file_sha256 is not None:
+            fields["file_sha256"] = file_sha256
+        detail: dict[str, Any] = {"nhs_day": nhs_day.isoformat()}
+        if size is not None:
+            detail["size"] = size
+        if transport is not None:
+            detail["transport"] = transport
+        return self.transition(sub, SubmissionEvent.CLAIM, at=at, detail=detail, **fields)
 
     def record_upload(
         self,
@@ -712,6 +748,78 @@ class LedgerStore:
                 detail={"rows": total, **(detail or {})},
             )
             return total
+
+    # -- notices: mail correlated to submissions ------------------------------------------
+    def record_correlation(
+        self,
+        mail_id: int,
+        submission_id: int | None,
+        *,
+        ambiguous: bool,
+        reason: str,
+        at: datetime,
+    ) -> bool:
+        """Record which submission a notice concerns (or that it is ambiguous / concerns
+        none) on its mail record. Idempotent: returns False when that exact attribution
+        was already recorded, and appends no second event."""
+        doc = json.dumps(
+            {"submission_id": submission_id, "ambiguous": ambiguous, "reason": reason},
+            sort_keys=True,
+        )
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT correlation FROM mail_messages WHERE id=?", (mail_id,)
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"no mail record #{mail_id}")
+            if row[0] == doc:
+                return False
+            conn.execute(
+                "UPDATE mail_messages SET submission_id=?, correlation=? WHERE id=?",
+                (submission_id, doc, mail_id),
+            )
+            Store.append_event(
+                conn,
+                "mail.correlated",
+                at=at,
+                subject_type="mail",
+                subject_id=mail_id,
+                detail={"submission_id": submission_id, "ambiguous": ambiguous, "reason": reason},
+            )
+            return True
+
+    def notices_between(self, start: datetime, end: datetime) -> list[Notice]:
+        """Every recorded mail received in ``[start, end]``, oldest first, with its
+        classification and correlation (verdict evidence; never a body)."""
+        rows = self.store.query(
+            "SELECT id, received_at, from_addr, subject, message_id, rule, class, action,"
+            " captures, submission_id, correlation, state FROM mail_messages"
+            " WHERE received_at>=? AND received_at<=? ORDER BY received_at, id",
+            (utcnow_iso(start), utcnow_iso(end)),
+        )
+        out = []
+        for r in rows:
+            received = _dt(r["received_at"])
+            assert received is not None
+            correlation = json.loads(r["correlation"]) if r["correlation"] else None
+            out.append(
+                Notice(
+                    mail_id=r["id"],
+                    received_at=received,
+                    from_addr=r["from_addr"],
+                    subject=r["subject"],
+                    message_id=r["message_id"],
+                    rule=r["rule"],
+                    class_=r["class"],
+                    action=r["action"],
+                    captures=json.loads(r["captures"] or "{}"),
+                    submission_id=r["submission_id"],
+                    ambiguous=bool(correlation and correlation.get("ambiguous")),
+                    correlated=correlation is not None,
+                    state=r["state"],
+                )
+            )
+        return out
 
     # -- the pool ------------------------------------------------------------------------
     def history(self, agreement: str) -> list[HistoryEntry]:
