@@ -1,9 +1,227 @@
-"""CLI: the `cohort` commands (not built yet)."""
+"""CLI: ``seftpilot cohort build``, ``cohort validate`` and ``cohort profile``.
+
+Owns turning arguments and settings into calls of ``adapters.cohort_files`` and rendering
+their results (human text or one JSON document). Must not decide what is valid or how a
+file is written: that is the core's and the adapter's job.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from seftpilot.adapters.cohort_files import (
+    DEFAULT_PROFILE,
+    build_cohort,
+    builtin_profiles,
+    load_profile,
+    validate_file,
+)
+from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json, err_console, settings
+from seftpilot.config import Agreement, Settings
+from seftpilot.core.cohort_profile import Profile
+from seftpilot.core.cohort_rules import Problem
+
+SHOW_PER_CODE = 20  # human output: the first problems of each code; counts stay complete
+
+
+class Action(StrEnum):
+    ADD = "ADD"
+    DELETE = "DELETE"
+
+
+NicOpt = Annotated[
+    str | None,
+    typer.Option("--nic", help="The agreement's NIC number (default: the configured one)."),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help=f"Built-in profile ({', '.join(builtin_profiles())}) or a YAML file "
+        f"(default: the agreement's, else {DEFAULT_PROFILE}).",
+        show_default=False,
+    ),
+]
+
+
+def _agreement(cfg: Settings, nic: str | None) -> Agreement | None:
+    """The agreement ``nic`` names, or the only configured one; None when neither."""
+    if nic is not None:
+        return next((a for a in cfg.agreement if a.nic == nic), None)
+    return cfg.agreement[0] if len(cfg.agreement) == 1 else None
+
+
+def _profile(profile: str | None, agreement: Agreement | None) -> Profile:
+    chosen = load_profile(profile or (agreement.profile if agreement else DEFAULT_PROFILE))
+    if not chosen.confirmed:
+        err_console.print(
+            f"warning: profile {chosen.name} is UNCONFIRMED: its layout comes from public "
+            "guidance, not from a file NHS England accepted",
+            markup=False,
+        )
+    return chosen
+
+
+def _print_problems(problems: list[Problem], counts: dict[str, int]) -> None:
+    by_code: dict[str, list[Problem]] = defaultdict(list)
+    for problem in problems:
+        by_code[problem.code].append(problem)
+    for code, items in by_code.items():
+        for p in items[:SHOW_PER_CODE]:
+            where = ", ".join(
+                part
+                for part in (
+                    f"row {p.row}" if p.row is not None else "file",
+                    p.column or "",
+                )
+                if part
+            )
+            console.print(f"  {where}: {p.code}: {p.message}", markup=False)
+        hidden = counts.get(code, len(items)) - min(len(items), SHOW_PER_CODE)
+        if hidden > 0:
+            console.print(f"  ... and {hidden} more {code} (use --json for the list)", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    cohort = typer.Typer(
+        help="Build NHS England cohort files from a study export, and check them.",
+        no_args_is_help=True,
+    )
+    app.add_typer(cohort, name="cohort")
+
+    @cohort.command("build")
+    def build_cmd(  # noqa: PLR0917 - typer maps parameters to options
+        source: Annotated[Path, typer.Argument(help="The study's export (CSV with a header).")],
+        action: Annotated[
+            Action, typer.Option("--action", case_sensitive=False, help="ADD or DELETE.")
+        ],
+        out: Annotated[Path, typer.Option("--out", help="Directory to write the file into.")],
+        nic: NicOpt = None,
+        profile: ProfileOpt = None,
+        allow_problems: Annotated[
+            bool,
+            typer.Option(
+                "--allow-problems",
+                help="Write the file even with problems (NHS drops failing rows below 2%).",
+            ),
+        ] = False,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Study export -> the exact CSV NHS England's intake accepts (atomic, mode 0600)."""
+        cfg = settings(config)
+        agreement = _agreement(cfg, nic)
+        if nic is None:
+            nic = cfg.agreement_for(None).nic  # ConfigError (exit 2) when none or several
+        chosen = _profile(profile, agreement)
+        result = build_cohort(
+            source,
+            action=action.value,
+            profile=chosen,
+            nic=nic,
+            out_dir=out,
+            mapping=agreement.column_mapping if agreement else None,
+            allow_problems=allow_problems,
+        )
+        if json_out:
+            emit_json(result.to_json())
+        elif result.written:
+            console.print(
+                f"wrote {result.path}: {result.rows} rows, {result.action}, sha256 {result.sha256}",
+                markup=False,
+            )
+            if result.problems:
+                console.print(
+                    f"written despite {sum(result.problem_counts.values())} problem(s) "
+                    "(--allow-problems):",
+                    markup=False,
+                )
+                _print_problems(result.problems, result.problem_counts)
+        else:
+            total = sum(result.problem_counts.values())
+            console.print(
+                f"not written: {total} problem(s) in {result.rows} rows of {source}; fix "
+                "the export (or pass --allow-problems to write it anyway):",
+                markup=False,
+            )
+            _print_problems(result.problems, result.problem_counts)
+        if not result.written:
+            raise typer.Exit(1)
+
+    @cohort.command("validate")
+    def validate_cmd(
+        file: Annotated[Path, typer.Argument(help="The cohort file to check.")],
+        nic: NicOpt = None,
+        profile: ProfileOpt = None,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Pre-flight check of a cohort file: every problem, with row, column and a fix."""
+        cfg = settings(config)
+        agreement = _agreement(cfg, nic)
+        chosen = _profile(profile, agreement)
+        report = validate_file(file, chosen, nic=nic or (agreement.nic if agreement else None))
+        if json_out:
+            emit_json(report.to_json())
+        elif report.valid:
+            console.print(
+                f"{file}: valid: {report.rows} rows, action {report.action} "
+                f"(profile {chosen.name})",
+                markup=False,
+            )
+        else:
+            total = sum(report.problem_counts.values())
+            console.print(
+                f"{file}: INVALID: {total} problem(s); {report.invalid_rows} of "
+                f"{report.rows} rows invalid ({report.invalid_share:.2%})"
+                + (
+                    "; NHS England rejects the whole file above 2%"
+                    if report.nhs_threshold_exceeded
+                    else ""
+                ),
+                markup=False,
+            )
+            _print_problems(report.problems, report.problem_counts)
+        if not report.valid:
+            raise typer.Exit(1)
+
+    @cohort.command("profile")
+    def profile_cmd(
+        name: Annotated[str | None, typer.Argument(help="A profile name or YAML file.")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """List the built-in profiles, or show one profile's columns and rules."""
+        if name is None:
+            names = builtin_profiles()
+            if json_out:
+                emit_json({"profiles": names})
+            else:
+                for n in names:
+                    p = load_profile(n)
+                    mark = "" if p.confirmed else "  (UNCONFIRMED)"
+                    console.print(f"{n}: {p.description}{mark}", markup=False)
+            return
+        p = load_profile(name)
+        if json_out:
+            emit_json(
+                {
+                    "name": p.name,
+                    "confirmed": p.confirmed,
+                    "file_name": p.file_name_rule,
+                    "date_format": p.date_format,
+                    "max_rows": p.max_rows,
+                    "header": list(p.header),
+                }
+            )
+            return
+        console.print(f"{p.name} ({p.source}): {p.description}", markup=False)
+        console.print(
+            f"file name {p.file_name_rule}, dates {p.date_format}, at most {p.max_rows} rows",
+            markup=False,
+        )
+        console.print(",".join(p.header), markup=False)

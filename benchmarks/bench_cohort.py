@@ -1,0 +1,140 @@
+"""Cohort budget: build + validate a 1,000,000-row file vs a bare csv read + write of it.
+
+DESIGN.md: build + validate at no worse than 2x the time of a bare ``csv`` read + write of
+the same file; peak memory under 300 MB.
+
+    uv run python benchmarks/bench_cohort.py                 # 1,000,000 rows
+    uv run python benchmarks/bench_cohort.py --rows 100000   # quicker
+    uv run python benchmarks/bench_cohort.py --repeat 3      # best of 3 for each figure
+
+A synthetic study export (core.synthetic: 999-range NHS numbers, ISO dates, sex as words,
+5% "messy" rows needing real normalisation) is generated first, outside the timing. Each
+measured step runs in a fresh child process (so its peak RSS is its own), steps alternate
+when repeated, and the best time of each is compared:
+
+- baseline: ``csv.reader`` -> ``csv.writer`` copy of the built NHS file (CRLF), and, for
+  reference, of the study export;
+- build: ``adapters.cohort_files.build_cohort`` (export -> NHS file, atomic, 0600);
+- validate: ``adapters.cohort_files.validate_file`` on the built file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NIC = "NIC-402963-P0Y5D"
+
+
+def _child(step: str, work: Path) -> None:
+    """Run one step in this (fresh) process and print its time and peak RSS as JSON."""
+    export = work / "export.csv"
+    nhs_file = work / "out" / f"{NIC}.csv"
+    start = time.perf_counter()
+    extra: dict[str, object] = {}
+    if step in ("copy_nhs", "copy_export"):
+        src = nhs_file if step == "copy_nhs" else export
+        with (
+            src.open(newline="", encoding="utf-8") as fin,
+            (work / "copy.csv").open("w", newline="", encoding="utf-8") as fout,
+        ):
+            csv.writer(fout, lineterminator="\r\n").writerows(csv.reader(fin))
+    elif step == "build":
+        from seftpilot.adapters.cohort_files import build_cohort, load_profile
+
+        result = build_cohort(
+            export, action="ADD", profile=load_profile(), nic=NIC, out_dir=work / "out"
+        )
+        extra = {"rows": result.rows, "problems": len(result.problems), "path": result.path}
+    elif step == "validate":
+        from seftpilot.adapters.cohort_files import load_profile, validate_file
+
+        report = validate_file(nhs_file, load_profile(), nic=NIC)
+        extra = {"rows": report.rows, "valid": report.valid, "problems": len(report.problems)}
+    else:
+        raise SystemExit(f"unknown step {step}")
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"step": step, "seconds": seconds, "peak_mb": peak_mb, **extra}))
+
+
+def _run(step: str, work: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", step, "--work", str(work)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _generate(work: Path, rows: int, messy: float) -> None:
+    from seftpilot.core.synthetic import EXPORT_HEADER, export_rows
+
+    with (work / "export.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(EXPORT_HEADER)
+        writer.writerows(export_rows(rows, seed=7, messy=messy))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--messy", type=float, default=0.05, help="share of messy source rows")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each step (best kept)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.work)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-cohort-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        _generate(work, args.rows, args.messy)
+        print(f"generated {args.rows:,} export rows in {time.perf_counter() - t:.1f}s (untimed)")
+        first = _run("build", work)  # also produces the NHS file the baseline copies
+        if first.get("problems"):
+            print(f"warning: build reported {first['problems']} problems")
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(args.repeat):
+            for step in ("copy_nhs", "build", "validate", "copy_export"):
+                result = _run(step, work)
+                if step not in best or result["seconds"] < best[step]["seconds"]:
+                    best[step] = result
+        nhs_size = (work / "out" / f"{NIC}.csv").stat().st_size
+
+    base = best["copy_nhs"]["seconds"]
+    build, validate = best["build"]["seconds"], best["validate"]["seconds"]
+    ratio = (build + validate) / base
+    peak = max(best["build"]["peak_mb"], best["validate"]["peak_mb"])
+    print(f"rows                       {args.rows:,} (NHS file {nhs_size / 1e6:.0f} MB)")
+    print(f"baseline csv copy NHS file {base:7.2f}s   peak {best['copy_nhs']['peak_mb']:.0f} MB")
+    print(
+        f"baseline csv copy export   {best['copy_export']['seconds']:7.2f}s"
+        f"   peak {best['copy_export']['peak_mb']:.0f} MB"
+    )
+    print(f"build                      {build:7.2f}s   peak {best['build']['peak_mb']:.0f} MB")
+    print(
+        f"validate                   {validate:7.2f}s   peak {best['validate']['peak_mb']:.0f} MB"
+    )
+    print(
+        f"build + validate           {build + validate:7.2f}s   "
+        f"= {ratio:.2f}x baseline (budget 2.00x)   "
+        f"build {build / base:.2f}x, validate {validate / base:.2f}x"
+    )
+    verdict = "within" if ratio <= 2.0 and peak < 300 else "OVER"
+    print(f"peak memory                {peak:.0f} MB (budget 300 MB) -> {verdict} budget")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1101 @@
+"""The cohort file engine: validate NHS cohort files and build them from study exports.
+
+Owns the data path for millions of rows: a streaming validator fed bytes, a batch builder
+fed source rows, the renderer of rows as NHS bytes, and the reports they return. Pure: it
+is given bytes and lists of strings and returns bytes, problems and reports; opening,
+writing and renaming files is ``adapters.cohort_files``'s job.
+
+Why it is shaped like this (benchmarks/RESULTS.md has the figures): checking a million
+rows field by field in Python costs about ten times a bare ``csv`` copy. So each path has
+a fast filter in C-implemented primitives, and only what fails the filter goes to the
+per-value rules of ``core.cohort_rules``, which remain the single source of truth:
+
+- validate: a block of lines is vetted with whole-block byte operations (line endings
+  counted, ASCII, allowed bytes via ``bytes.translate``), then one compiled regex per line
+  (``findall`` over the block) proves every field's format at once and captures only the
+  reference, NHS number and status. NHS numbers get a table-driven modulus 11, references
+  go into a set. Lines the regex rejects get the full diagnosis.
+- build: source rows arrive in batches and are transposed into columns; each column is
+  normalised and checked with column-wide operations (one join, one regex or set test);
+  only the values of a column that fails are looked at one by one, and only rows with a
+  failing value are diagnosed. Rows are rendered with one ``str.format`` per row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from seftpilot.core import nhs_number
+from seftpilot.core.cohort_profile import FieldSpec, Profile, header_key
+from seftpilot.core.cohort_rules import (
+    YEAR_MAX,
+    YEAR_MIN,
+    Problem,
+    ProblemLog,
+    check_value,
+    diagnose_row,
+    normalise_date,
+    normalise_gender,
+    normalise_postcode,
+    normalise_text,
+    normalise_value,
+    parse_profile_date,
+    wrong_column_count,
+)
+from seftpilot.errors import CohortSourceError
+
+NHS_REJECT_SHARE = 0.02  # NHS England rejects the whole file when more rows than this fail
+LINE_LIMIT = 1 << 20  # a "line" longer than this is not a cohort file
+_BOM = b"\xef\xbb\xbf"
+# Printable ASCII except the quote (quoted lines take the slow path) plus CR and LF.
+_CLEAN_BYTES = bytes(b for b in range(0x20, 0x7F) if b != 0x22) + b"\r\n"
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationReport:
+    """What ``cohort validate`` found. ``to_json`` is DESIGN.md's contract (plus extras)."""
+
+    valid: bool
+    rows: int
+    action: str | None
+    problems: list[Problem]
+    problem_counts: dict[str, int] = field(default_factory=dict)
+    invalid_rows: int = 0
+    truncated: bool = False
+    file_name: str | None = None
+
+    @property
+    def invalid_share(self) -> float:
+        return self.invalid_rows / self.rows if self.rows else 0.0
+
+    @property
+    def nhs_threshold_exceeded(self) -> bool:
+        return self.invalid_share > NHS_REJECT_SHARE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "rows": self.rows,
+            "action": self.action,
+            "problems": [p.to_json() for p in self.problems],
+            "problem_counts": dict(self.problem_counts),
+            "problems_truncated": self.truncated,
+            "invalid_rows": self.invalid_rows,
+            "invalid_share": round(self.invalid_share, 6),
+            "nhs_threshold_exceeded": self.nhs_threshold_exceeded,
+            "file": self.file_name,
+        }
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``cohort build`` did. ``path``/``sha256`` are None when nothing was written."""
+
+    path: str | None
+    rows: int
+    sha256: str | None
+    action: str
+    problems: list[Problem]
+    problem_counts: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+
+    @property
+    def written(self) -> bool:
+        return self.path is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "action": self.action,
+            "sha256": self.sha256,
+            "problems": [p.to_json() for p in self.problems],
+            "problem_counts": dict(self.problem_counts),
+            "problems_truncated": self.truncated,
+        }
+
+
+# --- file-wide state: duplicates and actions --------------------------------------------
+
+
+class _Seen:
+    """Unique references seen so far, per status, and how many rows had each status.
+
+    The only structure that grows with the file: one set entry per row. References are
+    kept as the bytes (validate) or str (build) they arrived as; hashing them to fixed
+    digests would save about a third and cost exactness, so we do not.
+    """
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.header = profile.spec(profile.unique_field).header
+        self.by_status: dict[Hashable, set[Hashable]] = {}
+        self.status_counts: Counter[str] = Counter()
+        self.first_row: dict[str, int] = {}
+
+    def _problem(self, ref: Hashable, status: Hashable, row: int, own: bool) -> Problem:
+        shown = ref.decode("ascii", "replace") if isinstance(ref, bytes) else str(ref)
+        if own:
+            return Problem(
+                row,
+                self.header,
+                "unique_reference_duplicate",
+                f"unique reference {shown!r} appears on an earlier row too: each participant "
+                "once per file; remove the repeat",
+            )
+        return Problem(
+            row,
+            self.header,
+            "added_and_deleted",
+            f"unique reference {shown!r} is both added and deleted in this file: NHS "
+            "England refuses that; keep one action per participant",
+        )
+
+    def count_statuses(
+        self, counts: Mapping[Any, int], statuses: Sequence[Any], first_row: int
+    ) -> None:
+        """Add a batch's status counts (keys str or ASCII bytes, as they came)."""
+        for key, count in counts.items():
+            status = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+            if status in self.profile.status_values and status not in self.first_row:
+                self.first_row[status] = first_row + statuses.index(key)
+            self.status_counts[status] += count
+
+    def add_batch(
+        self, refs: Sequence[Hashable], status: Hashable, first_row: int, out: list[Problem]
+    ) -> None:
+        """Add a batch of references that share one status (the common case, in C)."""
+        own = self.by_status.setdefault(status, set())
+        new = set(refs)
+        if (
+            len(new) == len(refs)
+            and "" not in new
+            and b"" not in new
+            and own.isdisjoint(new)
+            and all(other.isdisjoint(new) for key, other in self.by_status.items() if key != status)
+        ):
+            own |= new
+            return
+        for i, ref in enumerate(refs):
+            self.add_one(ref, status, first_row + i, out)
+
+    def add_one(self, ref: Hashable, status: Hashable, row: int, out: list[Problem]) -> None:
+        if ref in ("", b""):
+            return
+        own = self.by_status.setdefault(status, set())
+        if ref in own:
+            out.append(self._problem(ref, status, row, True))
+        elif any(ref in other for key, other in self.by_status.items() if key != status):
+            out.append(self._problem(ref, status, row, False))
+        else:
+            own.add(ref)
+
+    def file_problems(self, rows: int) -> tuple[str | None, list[Problem]]:
+        statuses = [s for s in self.profile.status_values if self.status_counts.get(s)]
+        if len(statuses) == 1:
+            return statuses[0], []
+        if not statuses:
+            return None, []
+        first = max(self.first_row[s] for s in statuses)
+        counts = ", ".join(f"{self.status_counts[s]} {s}" for s in statuses)
+        return None, [
+            Problem(
+                first,
+                self.profile.spec(self.profile.status_field).header,
+                "mixed_status",
+                f"the file mixes actions ({counts}; first change at row {first}): NHS "
+                "England needs one action per file; build separate ADD and DELETE files "
+                "and upload them on different days",
+            )
+        ]
+
+
+# --- the fast line regex ------------------------------------------------------------------
+
+_TEXT = rb"[ !#-+\--~]"  # printable ASCII without '"' (0x22) and ',' (0x2c)
+_YEAR = rb"(?:1[89]|20)[0-9][0-9]"  # YEAR_MIN..YEAR_MAX, kept in step with cohort_rules
+_MONTH_DAY = (
+    (rb"(?:0[13578]|1[02])", rb"(?:0[1-9]|[12][0-9]|3[01])"),
+    (rb"(?:0[469]|11)", rb"(?:0[1-9]|[12][0-9]|30)"),
+    (rb"02", rb"(?:0[1-9]|1[0-9]|2[0-8])"),  # 29 February takes the slow path
+)
+assert (YEAR_MIN, YEAR_MAX) == (1800, 2099)
+
+
+def _date_fragment(fmt: str) -> bytes:
+    """A regex for valid dates in ``fmt`` (never matching when the layout is unusual)."""
+    m = re.match(r"^(YYYY|MM|DD)([-/. ]?)(YYYY|MM|DD)\2(YYYY|MM|DD)$", fmt)
+    assert m is not None
+    order, sep = (m.group(1), m.group(3), m.group(4)), re.escape(m.group(2)).encode()
+    if order in (("YYYY", "MM", "DD"), ("MM", "DD", "YYYY")):
+        md = rb"|".join(month + sep + day for month, day in _MONTH_DAY)
+    elif order == ("DD", "MM", "YYYY"):
+        md = rb"|".join(day + sep + month for month, day in _MONTH_DAY)
+    else:
+        return rb"(?!)"
+    md = rb"(?:" + md + rb")"
+    return _YEAR + sep + md if order[0] == "YYYY" else md + sep + _YEAR
+
+
+def _repeat(atom: bytes, low: int, high: int | None) -> bytes:
+    return atom + (b"{%d,%d}" % (low, high) if high is not None else b"{%d,}" % low)
+
+
+@dataclass(frozen=True)
+class _FastLine:
+    block: re.Pattern[bytes]  # findall over a block of CRLF lines
+    record: re.Pattern[bytes]  # fullmatch of one record without its line ending
+    ref: int
+    nhs: int | None
+    status: int
+    nhs_header: str | None
+
+
+def _fast_line(profile: Profile) -> _FastLine:
+    """One regex accepting only rows ``diagnose_row`` accepts, capturing the three values
+    that need whole-file state or arithmetic: reference, NHS number, status."""
+    must_fill = set(profile.sufficient_information[0]) if profile.sufficient_information else set()
+    must_empty = {name for pair in profile.date_order for name in pair}
+    parts: list[bytes] = []
+    groups: dict[str, int] = {}
+    nhs_field = next((f for f in profile.fields if f.kind == "nhs_number"), None)
+    for spec in profile.fields:
+        low = 1 if (spec.required or spec.name in must_fill) else 0
+        if spec.name in must_empty:
+            part = b""
+        elif spec.kind == "reference":
+            chars = spec.allowed_characters.encode() if spec.allowed_characters else rb"!#-+\--~"
+            part = _repeat(b"[" + chars + b"]", low, spec.max_length)
+        elif spec.kind == "nhs_number":
+            part = rb"[0-9]{10}" if low else rb"(?:[0-9]{10})?"
+        elif spec.kind == "gender":
+            part = rb"(?:" + rb"|".join(re.escape(v.encode()) for v in spec.allowed_values) + rb")"
+            part += b"" if low else b"?"
+        elif spec.kind == "date":
+            part = rb"(?:" + _date_fragment(profile.date_format) + rb")" + (b"" if low else b"?")
+        elif spec.kind == "status":
+            part = (
+                rb"(?:" + rb"|".join(re.escape(v.encode()) for v in profile.status_values) + rb")"
+            )
+        else:
+            part = _repeat(_TEXT, low, spec.max_length)
+        if spec.name == profile.unique_field or spec.kind == "status" or spec is nhs_field:
+            groups[spec.kind] = len(groups)
+            part = b"(" + part + b")"
+        parts.append(part)
+    body = b",".join(parts)
+    return _FastLine(
+        block=re.compile(rb"^" + body + rb"\r$", re.MULTILINE),
+        record=re.compile(body),
+        ref=groups["reference"],
+        nhs=groups.get("nhs_number"),
+        status=groups["status"],
+        nhs_header=nhs_field.header if nhs_field else None,
+    )
+
+
+def _nhs_problem(header: str | None, value: str, row: int) -> Problem:
+    return Problem(
+        row, header, "invalid_nhs_number", nhs_number.diagnose(value) or "invalid NHS number"
+    )
+
+
+# --- validate ---------------------------------------------------------------------------
+
+
+class CohortValidator:
+    """Validate a cohort file fed as bytes, in pieces of any size; memory stays flat.
+
+    ``feed`` the file's bytes in order, then ``finish`` for the report. ``file_name`` (the
+    base name) is checked against the profile's rule for ``nic``, or for any NIC number
+    when ``nic`` is None.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        file_name: str | None = None,
+        nic: str | None = None,
+        cap_per_code: int = 1000,
+    ) -> None:
+        self.profile = profile
+        self.file_name = file_name
+        self.nic = nic
+        self.log = ProblemLog(cap_per_code)
+        self._fast = _fast_line(profile)
+        self._seen = _Seen(profile)
+        self._pending = b""
+        self._started = False
+        self._header_done = False
+        self._cr_mode = False
+        self._dead = False
+        self._bytes = 0
+        self.rows = 0
+        self._lf_only = 0
+        self._lf_first: int | None = None
+        self._stray_cr = 0
+        self._no_final_eol = False
+        self._quote_parts: list[bytes] | None = None
+        self._quote_row = 0
+
+    # feeding
+
+    def feed(self, data: bytes) -> None:
+        if self._dead or not data:
+            return
+        self._bytes += len(data)
+        buf = self._pending + data if self._pending else data
+        if not self._started:
+            buf = self._start(buf, final=False)
+            if not self._started:
+                self._pending = buf
+                return
+        self._consume(buf)
+
+    def _consume(self, buf: bytes) -> None:
+        if self._cr_mode:
+            buf = buf.replace(b"\r", b"\r\n")
+        cut = buf.rfind(b"\n") + 1
+        self._pending = buf[cut:]
+        if len(self._pending) > LINE_LIMIT:
+            self._fatal_long_line()
+            return
+        if cut:
+            self._process(buf[:cut] if cut < len(buf) else buf)
+
+    def _start(self, buf: bytes, *, final: bool) -> bytes:
+        """Look at the first bytes: encoding marks and the kind of line ending."""
+        if len(buf) < 4 and not final:
+            return buf
+        if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
+            self.log.add(
+                Problem(
+                    None,
+                    None,
+                    "non_ascii",
+                    "the file is UTF-16 text (Excel's 'Unicode Text'): save it as "
+                    "'CSV (Comma delimited)' or rebuild it with `seftpilot cohort build`",
+                )
+            )
+            self._dead = self._started = True
+            return b""
+        if buf.startswith(_BOM):
+            self.log.add(
+                Problem(
+                    None,
+                    None,
+                    "byte_order_mark",
+                    "the file starts with a UTF-8 byte-order mark (Excel's 'CSV UTF-8'): "
+                    "save as plain 'CSV (Comma delimited)' or rebuild with cohort build",
+                )
+            )
+            buf = buf[len(_BOM) :]
+        first_cr, first_lf = buf.find(b"\r"), buf.find(b"\n")
+        if first_lf == -1 and first_cr == -1 and not final and len(buf) <= LINE_LIMIT:
+            return buf
+        if first_cr != -1 and (first_lf == -1 or first_cr < first_lf - 1):
+            self._cr_mode = True
+            self.log.add(
+                Problem(
+                    None,
+                    None,
+                    "wrong_line_endings",
+                    "lines end with CR only (classic Mac): save as CSV with Windows (CRLF) "
+                    "line endings",
+                )
+            )
+        self._started = True
+        return buf
+
+    def _fatal_long_line(self) -> None:
+        self.log.add(
+            Problem(
+                self.rows + 1 if self._header_done else 0,
+                None,
+                "line_too_long",
+                f"a line runs on for more than {LINE_LIMIT // 1024} KiB without ending (or a "
+                "quote is never closed): this does not look like a cohort CSV; check the file",
+            )
+        )
+        self._dead = True
+        self._pending = b""
+
+    # blocks of whole lines
+
+    def _process(self, block: bytes) -> None:
+        if not self._header_done:
+            end = block.find(b"\n") + 1
+            self._header(block[:end])
+            block = block[end:]
+            if not block:
+                return
+        n = block.count(b"\n")
+        if (
+            self._quote_parts is None
+            and block.count(b"\r") == n
+            and block.count(b"\r\n") == n
+            and block.isascii()
+            and not block.translate(None, _CLEAN_BYTES)
+        ):
+            matches = self._fast.block.findall(block)
+            if len(matches) == n:
+                self._fast_rows(matches, self.rows + 1)
+                self.rows += n
+                return
+        self._slow(block)
+
+    def _fast_rows(self, matches: list[tuple[bytes, ...]], first_row: int) -> None:
+        fast = self._fast
+        problems: list[Problem] = []
+        if fast.nhs is not None:
+            numbers = list(map(itemgetter(fast.nhs), matches))
+            if b"" in numbers:
+                idx = [i for i, v in enumerate(numbers) if v]
+                bad = [idx[j] for j in nhs_number.invalid_positions([numbers[i] for i in idx])]
+            else:
+                bad = nhs_number.invalid_positions(numbers)
+            for i in bad:
+                problems.append(_nhs_problem(fast.nhs_header, numbers[i].decode(), first_row + i))
+        refs = list(map(itemgetter(fast.ref), matches))
+        statuses = list(map(itemgetter(fast.status), matches))
+        counts = Counter(statuses)
+        self._seen.count_statuses(counts, statuses, first_row)
+        if len(counts) == 1:
+            self._seen.add_batch(refs, statuses[0].decode(), first_row, problems)
+        else:
+            for i, (ref, status) in enumerate(zip(refs, statuses, strict=True)):
+                self._seen.add_one(ref, status.decode(), first_row + i, problems)
+        if problems:
+            self.log.extend(problems)
+
+    def _slow(self, block: bytes) -> None:
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a line end
+        problems: list[Problem] = []
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line is raw:
+                self._lf_only += 1
+                if self._lf_first is None:
+                    self._lf_first = self.rows + 1
+            if b"\r" in line:
+                self._stray_cr += 1
+            if self._quote_parts is not None:
+                self._quote_parts.append(line)
+                if line.count(b'"') % 2:
+                    record = b"\n".join(self._quote_parts)
+                    self._quote_parts = None
+                    self._record(record, self._quote_row, problems)
+                elif sum(map(len, self._quote_parts)) > LINE_LIMIT:
+                    self._fatal_long_line()
+                    return
+                continue
+            self.rows += 1
+            if line.count(b'"') % 2:
+                self._quote_parts = [line]
+                self._quote_row = self.rows
+                continue
+            self._record(line, self.rows, problems)
+        if problems:
+            self.log.extend(problems)
+
+    def _record(self, record: bytes, row: int, problems: list[Problem]) -> None:
+        fast = self._fast
+        m = fast.record.fullmatch(record) if record.isascii() else None
+        if m is not None:
+            groups = m.groups()
+            if fast.nhs is not None and groups[fast.nhs]:
+                number = groups[fast.nhs].decode()
+                if not nhs_number.is_valid(number):
+                    problems.append(_nhs_problem(fast.nhs_header, number, row))
+            status = groups[fast.status].decode()
+            self._seen.count_statuses({status: 1}, [status], row)
+            self._seen.add_one(groups[fast.ref], status, row, problems)
+            return
+        undecodable = False
+        try:
+            text = record.decode("utf-8")
+        except UnicodeDecodeError:
+            text, undecodable = record.decode("utf-8", "replace"), True
+        values = next(csv.reader([text]), [])
+        found = diagnose_row(self.profile, values, row)
+        if undecodable:
+            found = [
+                Problem(
+                    p.row,
+                    p.column,
+                    p.code,
+                    "has bytes that are not UTF-8 text (saved as ANSI/Windows-1252?): "
+                    "remove accents or rebuild the file with `seftpilot cohort build`",
+                )
+                if p.code == "non_ascii"
+                else p
+                for p in found
+            ]
+        problems.extend(found)
+        if len(values) == len(self.profile.fields):
+            status = values[self.profile.index(self.profile.status_field)]
+            ref = values[self.profile.index(self.profile.unique_field)]
+            self._seen.count_statuses({status: 1}, [status], row)
+            self._seen.add_one(ref.encode("utf-8"), status, row, problems)
+
+    def _header(self, line: bytes) -> None:
+        self._header_done = True
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif line.endswith(b"\n"):
+            line = line[:-1]
+            self._lf_only += 1
+            self._lf_first = 0
+        expected = list(self.profile.header)
+        text = line.decode("utf-8", "replace")
+        found = next(csv.reader([text]), [])
+        if found == expected:
+            if not line.isascii():
+                self.log.add(Problem(0, None, "non_ascii", "the header row has non-ASCII bytes"))
+            return
+        diffs = [
+            f"column {i + 1} is {f!r}, expected {e!r}"
+            for i, (f, e) in enumerate(zip(found, expected, strict=False))
+            if f != e
+        ]
+        if len(found) != len(expected):
+            diffs.insert(0, f"{len(found)} columns, expected {len(expected)}")
+        column = next(
+            (e for f, e in zip(found, expected, strict=False) if f != e),
+            expected[min(len(found), len(expected) - 1)],
+        )
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        self.log.add(
+            Problem(
+                0,
+                column,
+                "incorrect_headers",
+                f"the header row does not match profile {self.profile.name}: "
+                f"{'; '.join(diffs[:4])}{more}. Use the profile's header exactly (cohort "
+                "build writes it), or if NHS England's template differs, make a profile "
+                "with its header",
+            )
+        )
+
+    # the end
+
+    def finish(self) -> ValidationReport:
+        if not self._started and not self._dead:
+            buf = self._start(self._pending, final=True)
+            self._pending = b""
+            if buf:
+                self._consume(buf)
+        if self._pending and not self._dead:
+            self._no_final_eol = True
+            tail, self._pending = self._pending, b""
+            self._process(tail + b"\r\n")
+        if self._quote_parts is not None:
+            record, self._quote_parts = b"\n".join(self._quote_parts), None
+            problems: list[Problem] = []
+            self._record(record, self._quote_row, problems)
+            self.log.extend(problems)
+        file_problems: list[Problem] = []
+        if self._bytes == 0 or not self._header_done:
+            file_problems.append(
+                Problem(None, None, "empty_file", "the file is empty: build it with cohort build")
+            )
+        elif self.rows == 0 and not self._dead:
+            file_problems.append(
+                Problem(
+                    None,
+                    None,
+                    "empty_file",
+                    "the file has a header but no participant rows: NHS England needs at least one",
+                )
+            )
+        if self._lf_only or self._stray_cr or self._no_final_eol:
+            parts = []
+            if self._lf_only:
+                parts.append(
+                    f"{self._lf_only} line(s) end with LF only (first at row {self._lf_first})"
+                )
+            if self._stray_cr:
+                parts.append(f"{self._stray_cr} line(s) contain a stray CR")
+            if self._no_final_eol:
+                parts.append("the last line has no line ending")
+            file_problems.append(
+                Problem(
+                    None,
+                    None,
+                    "wrong_line_endings",
+                    f"{'; '.join(parts)}: save as CSV with Windows (CRLF) line endings, "
+                    "including after the last line",
+                )
+            )
+        if self.rows > self.profile.max_rows:
+            file_problems.append(
+                Problem(
+                    self.profile.max_rows + 1,
+                    None,
+                    "too_many_rows",
+                    f"{self.rows} rows, NHS England accepts at most {self.profile.max_rows} "
+                    "per file: split the cohort and upload the parts on different days",
+                )
+            )
+        action, status_problems = self._seen.file_problems(self.rows)
+        file_problems.extend(status_problems)
+        if self.file_name is not None:
+            file_problems.extend(self._check_name(self.file_name))
+        self.log.extend(file_problems)
+        return ValidationReport(
+            valid=self.log.total == 0,
+            rows=self.rows,
+            action=action,
+            problems=list(self.log.problems),
+            problem_counts=dict(self.log.counts),
+            invalid_rows=self.log.invalid_rows,
+            truncated=self.log.truncated,
+            file_name=self.file_name,
+        )
+
+    def _check_name(self, name: str) -> list[Problem]:
+        if self.nic is not None:
+            expected = self.profile.file_name(self.nic)
+            if name == expected:
+                return []
+            why = f"NHS England expects exactly {expected!r} for agreement {self.nic}"
+        else:
+            if self.profile.file_name_pattern().match(name):
+                return []
+            why = f"NHS England expects the agreement's NIC number: {self.profile.file_name_rule}"
+        return [
+            Problem(
+                None,
+                None,
+                "wrong_filename",
+                f"the file is named {name!r}: {why} (e.g. "
+                f"{self.profile.file_name('NIC-402963-P0Y5D')}); rename it",
+            )
+        ]
+
+
+def validate_bytes(
+    profile: Profile,
+    chunks: Iterable[bytes],
+    *,
+    file_name: str | None = None,
+    nic: str | None = None,
+) -> ValidationReport:
+    """Validate a file given as an iterable of byte chunks (tests and small inputs)."""
+    validator = CohortValidator(profile, file_name=file_name, nic=nic)
+    for chunk in chunks:
+        validator.feed(chunk)
+    return validator.finish()
+
+
+# --- build --------------------------------------------------------------------------------
+
+
+def resolve_columns(
+    profile: Profile, source_header: Sequence[str], mapping: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Which source column feeds which profile field: ``mapping`` (source column -> field)
+    first, then headers that are the field's name, header or an alias, compared ignoring
+    case, surrounding spaces and space/dash/underscore differences. Extra columns are
+    ignored; the status column never comes from the source (``--action`` sets it)."""
+    keys = [header_key(h) for h in source_header]
+    fields_by_key: dict[str, str] = {}
+    for spec in profile.fields:
+        for candidate in (spec.name, spec.header, *spec.aliases):
+            fields_by_key.setdefault(header_key(candidate), spec.name)
+    result: dict[str, int] = {}
+    taken: dict[int, str] = {}
+    for source_column, field_name in (mapping or {}).items():
+        if field_name not in profile.field_names:
+            raise CohortSourceError(
+                f"column_mapping maps {source_column!r} to {field_name!r}, which is not a "
+                f"field of profile {profile.name}",
+                hint=f"fields are: {', '.join(profile.field_names)}",
+            )
+        key = header_key(source_column)
+        if key not in keys:
+            raise CohortSourceError(
+                f"column_mapping names source column {source_column!r}, which the export "
+                "does not have",
+                hint=f"the export's columns are: {', '.join(source_header)}",
+            )
+        result[field_name] = keys.index(key)
+        taken[keys.index(key)] = field_name
+    for i, key in enumerate(keys):
+        name = fields_by_key.get(key)
+        if i in taken or name is None or name == profile.status_field:
+            continue
+        if name in result:
+            if name in (mapping or {}).values():
+                continue  # the mapping said which column; others are extra columns
+            raise CohortSourceError(
+                f"two source columns could be {name}: {source_header[result[name]]!r} "
+                f"and {source_header[i]!r}",
+                hint="say which one in the agreement's column_mapping",
+            )
+        result[name] = i
+        taken[i] = name
+    result.pop(profile.status_field, None)
+    needed = [
+        f.name
+        for f in profile.fields
+        if (f.required or f.name == profile.unique_field) and f.name != profile.status_field
+    ]
+    missing = [n for n in needed if n not in result]
+    if profile.sufficient_information and not any(
+        all(n in result for n in group) for group in profile.sufficient_information
+    ):
+        missing.append(" or ".join("+".join(g) for g in profile.sufficient_information))
+    if missing:
+        raise CohortSourceError(
+            f"the export has no column for {', '.join(missing)} "
+            f"(its columns: {', '.join(source_header) or 'none'})",
+            hint="rename the export's columns to the profile's field names, or map them in "
+            'the agreement: column_mapping = { "study_id" = "UNIQUE_REFERENCE" }',
+        )
+    return result
+
+
+_POSTCODE_VALUE = re.compile(r"(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?")
+_POSTCODE_COLUMN = re.compile(
+    r"(?:(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?\n)*(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?"
+)
+
+
+class CohortBuilder:
+    """Turn batches of study-export rows into NHS file bytes, collecting problems.
+
+    ``process`` takes a batch of source rows (lists of str, as ``csv.reader`` yields them)
+    and returns the rendered rows; ``header_bytes`` is the first line; ``finish`` returns
+    the problems. Problem rows count the source's data rows from 1.
+    """
+
+    _CACHE_LIMIT = 200_000  # distinct values remembered per cache (bounded memory)
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        action: str,
+        source_header: Sequence[str],
+        mapping: Mapping[str, str] | None = None,
+        cap_per_code: int = 1000,
+    ) -> None:
+        if action not in profile.status_values:
+            raise CohortSourceError(
+                f"action {action!r} is not one of {', '.join(profile.status_values)}"
+            )
+        self.profile = profile
+        self.action = action
+        self.log = ProblemLog(cap_per_code)
+        self.rows = 0
+        self._source_rows = 0
+        self._n_source = len(source_header)
+        columns = resolve_columns(profile, source_header, mapping)
+        # Mapped fields in file order, with their source index.
+        self._mapped = [(f, columns[f.name]) for f in profile.fields if f.name in columns]
+        self._getters = [itemgetter(i) for _, i in self._mapped]
+        self._transpose = len(source_header) <= 2 * len(self._mapped)
+        parts = []
+        for spec in profile.fields:
+            if spec.name in columns:
+                parts.append("{}")
+            elif spec.name == profile.status_field:
+                parts.append(action)
+            else:
+                parts.append("")
+        self._format = ",".join(parts).format
+        self._status_index = profile.index(profile.status_field)
+        self._seen = _Seen(profile)
+        self._date_cache: dict[str, str] = {"": ""}
+        self._gender_cache: dict[str, str] = {"": ""}
+        self._date_valid: set[str] = set()
+        self._unique_pos = [f.name for f, _ in self._mapped].index(profile.unique_field)
+
+    def header_bytes(self) -> bytes:
+        return (",".join(self.profile.header) + "\r\n").encode("ascii")
+
+    # normalising whole columns
+
+    def _date(self, value: str) -> str:
+        result = normalise_date(value, self.profile.date_format)
+        d = parse_profile_date(result, self.profile.date_format)
+        if (
+            d is not None
+            and YEAR_MIN <= d.year <= YEAR_MAX
+            and len(self._date_valid) < (self._CACHE_LIMIT)
+        ):
+            self._date_valid.add(result)
+        return result
+
+    @staticmethod
+    def _fix(col: list[str], bad: Iterable[int], fix: Callable[[str], str]) -> list[str]:
+        for i in bad:
+            col[i] = fix(col[i])
+        return col
+
+    def _cached(
+        self, cache: dict[str, str], col: list[str], fix: Callable[[str], str]
+    ) -> list[str]:
+        """Normalise through a cache: sex words and dates repeat a lot in a cohort."""
+
+        def miss(value: str) -> str:
+            result = fix(value)
+            if len(cache) < self._CACHE_LIMIT:
+                cache[value] = result
+            return result
+
+        try:  # all values seen before: one C-level pass
+            return list(map(cache.__getitem__, col))
+        except KeyError:
+            get = cache.get
+            return [r if (r := get(v)) is not None else miss(v) for v in col]
+
+    def _normalise(self, spec: FieldSpec, col: list[str]) -> list[str]:
+        """``col`` (a fresh list, changed in place) in canonical form. A column-wide test
+        first; when it fails, a cheap per-value test finds the few values to rework."""
+        kind = spec.kind
+        if kind == "date":
+            return self._cached(self._date_cache, col, self._date)
+        if kind == "gender":
+            if set(col) <= {*spec.allowed_values, ""}:
+                return col
+            return self._cached(self._gender_cache, col, normalise_gender)
+        if kind == "nhs_number":
+            if set(map(len, col)) == {10}:
+                joined = "".join(col)
+                if joined.isascii() and joined.isdigit():
+                    return col
+            bad = [i for i, v in enumerate(col) if len(v) != 10 or not v.isdigit()]
+            return self._fix(col, bad, lambda v: nhs_number.normalise(normalise_text(v)))
+        if kind == "postcode":
+            if _POSTCODE_COLUMN.fullmatch("\n".join(col)):
+                return col
+            ok = _POSTCODE_VALUE.fullmatch
+            return self._fix(col, [i for i, v in enumerate(col) if not ok(v)], normalise_postcode)
+        if kind == "status":
+            return [normalise_value(self.profile, spec, v) for v in col]
+        joined = "|".join(col)
+        if (
+            joined.isascii()
+            and joined.isprintable()
+            and "  " not in joined
+            and " |" not in joined
+            and "| " not in joined
+            and not joined.startswith(" ")
+            and not joined.endswith(" ")
+        ):
+            return col
+        bad = [
+            i
+            for i, v in enumerate(col)
+            if not (v.isascii() and v.isprintable()) or "  " in v or v != v.strip()
+        ]
+        return self._fix(col, bad, normalise_text)
+
+    def _suspects(self, spec: FieldSpec, col: list[str]) -> Iterable[int]:
+        """Indexes whose value may break a rule (a superset; diagnose_row decides)."""
+        kind = spec.kind
+        if kind == "nhs_number":
+            if set(map(len, col)) == {10} and "".join(col).isdigit():
+                return nhs_number.invalid_positions(col)
+            return [i for i, v in enumerate(col) if v and not nhs_number.is_valid(v)]
+        if kind == "date":
+            values = set(col)
+            if not spec.required:
+                values.discard("")
+            if values <= self._date_valid:
+                return ()
+            return [
+                i for i, v in enumerate(col) if v not in self._date_valid and (v or spec.required)
+            ]
+        if kind == "gender":
+            allowed = set(spec.allowed_values) | ({""} if not spec.required else set())
+            if set(col) <= allowed:
+                return ()
+            return [i for i, v in enumerate(col) if v not in allowed]
+        ok = True
+        if spec.max_length is not None and max(map(len, col)) > spec.max_length:
+            ok = False
+        if spec.required and "" in col:
+            ok = False
+        if kind == "reference" and spec.allowed_characters and ok:
+            atom = f"[{spec.allowed_characters}]"
+            ok = bool(re.fullmatch(f"(?:{atom}*\n)*{atom}*", "\n".join(col)))
+        if ok:
+            return ()
+        return [i for i, v in enumerate(col) if check_value(self.profile, spec, v, 0) is not None]
+
+    # batches
+
+    def process(self, batch: list[list[str]]) -> bytes:
+        """Normalise, check and render one batch of source rows."""
+        first = self._source_rows + 1
+        self._source_rows += len(batch)
+        problems: list[Problem] = []
+        rownums: list[int] | None = None
+        n_source = self._n_source
+        if set(map(len, batch)) != {n_source}:
+            fixed, rownums = [], []
+            for i, raw in enumerate(batch):
+                if not raw:
+                    continue  # a blank line in the export
+                if len(raw) != n_source:
+                    problems.append(wrong_column_count(len(raw), n_source, first + i, source=True))
+                fixed.append((raw + [""] * n_source)[:n_source] if len(raw) != n_source else raw)
+                rownums.append(first + i)
+            batch = fixed
+        if not batch:
+            self.log.extend(problems)
+            return b""
+        k = len(batch)
+        self.rows += k
+        if self._transpose:  # few extra columns: one C-level transpose is cheapest
+            columns = list(zip(*batch, strict=True))
+            raw = [list(columns[i]) for _, i in self._mapped]
+        else:
+            raw = [list(map(getter, batch)) for getter in self._getters]
+        cols = [
+            self._normalise(spec, col) for (spec, _), col in zip(self._mapped, raw, strict=True)
+        ]
+        suspects: set[int] = set()
+        for (spec, _), col in zip(self._mapped, cols, strict=True):
+            suspects.update(self._suspects(spec, col))
+        suspects.update(self._insufficient(cols, k))
+        suspects.update(self._date_order_suspects(cols))
+
+        def row_no(i: int) -> int:
+            return rownums[i] if rownums is not None else first + i
+
+        if suspects:
+            for i in sorted(suspects):
+                problems.extend(diagnose_row(self.profile, self._full_row(cols, i), row_no(i)))
+        refs = cols[self._unique_pos]
+        seen_problems: list[Problem] = []
+        self._seen.count_statuses({self.action: k}, [self.action], 1)
+        self._seen.add_batch(refs, self.action, 1, seen_problems)
+        problems.extend(
+            Problem(row_no(p.row - 1), p.column, p.code, p.message)
+            for p in seen_problems
+            if p.row is not None
+        )
+        if problems:
+            self.log.extend(problems)
+        return self._render(cols)
+
+    def _full_row(self, cols: list[list[str]], i: int) -> list[str]:
+        values = [""] * len(self.profile.fields)
+        for (spec, _), col in zip(self._mapped, cols, strict=True):
+            values[self.profile.index(spec.name)] = col[i]
+        values[self._status_index] = self.action
+        return values
+
+    def _insufficient(self, cols: list[list[str]], k: int) -> set[int]:
+        groups = self.profile.sufficient_information
+        if not groups:
+            return set()
+        position = {spec.name: j for j, (spec, _) in enumerate(self._mapped)}
+        lacking: set[int] | None = None
+        for group in groups:
+            if not all(name in position for name in group):
+                continue
+            gaps: set[int] = set()
+            for name in group:
+                col = cols[position[name]]
+                if "" in col:
+                    gaps.update(i for i, v in enumerate(col) if not v)
+            lacking = gaps if lacking is None else lacking & gaps
+            if not lacking:
+                return set()
+        return lacking or set()
+
+    def _date_order_suspects(self, cols: list[list[str]]) -> set[int]:
+        position = {spec.name: j for j, (spec, _) in enumerate(self._mapped)}
+        out: set[int] = set()
+        for low, high in self.profile.date_order:
+            if low in position and high in position:
+                lo, hi = cols[position[low]], cols[position[high]]
+                out.update(i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a and b)
+        return out
+
+    def _render(self, cols: list[list[str]]) -> bytes:
+        if any("," in joined or '"' in joined for joined in map("".join, cols)):
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+            for i in range(len(cols[0])):
+                writer.writerow(self._full_row(cols, i))
+            return buffer.getvalue().encode("ascii")
+        return ("\r\n".join(map(self._format, *cols)) + "\r\n").encode("ascii")
+
+    def finish(self) -> list[Problem]:
+        """File-level problems, added to the log; returns the log's kept problems."""
+        file_problems: list[Problem] = []
+        if self.rows == 0:
+            file_problems.append(
+                Problem(
+                    None,
+                    None,
+                    "empty_file",
+                    "the study export has no participant rows: nothing to send",
+                )
+            )
+        if self.rows > self.profile.max_rows:
+            file_problems.append(
+                Problem(
+                    None,
+                    None,
+                    "too_many_rows",
+                    f"{self.rows} rows, NHS England accepts at most {self.profile.max_rows} "
+                    "per file: split the export and build one file per part",
+                )
+            )
+        self.log.extend(file_problems)
+        return list(self.log.problems)
+
+
+# --- rendering stored rows ------------------------------------------------------------------
+
+
+def header_line(profile: Profile) -> bytes:
+    return (",".join(profile.header) + "\r\n").encode("ascii")
+
+
+def render_rows(
+    profile: Profile, rows: Iterable[Mapping[str, str]], action: str
+) -> Iterator[bytes]:
+    """The NHS file for ``rows`` (keyed by field name; missing fields are empty) with every
+    status set to ``action``: the header line, then one CRLF-terminated line per row,
+    minimally quoted, ASCII. Values are written as given (they came from a built file)."""
+    if action not in profile.status_values:
+        raise CohortSourceError(
+            f"action {action!r} is not one of {', '.join(profile.status_values)}"
+        )
+    names = profile.field_names
+    status = profile.status_field
+    yield header_line(profile)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    for row in rows:
+        writer.writerow([action if name == status else row.get(name, "") or "" for name in names])
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            yield text.encode("ascii")
+        except UnicodeEncodeError:
+            raise CohortSourceError(
+                f"row for {row.get(profile.unique_field, '?')!r} has non-ASCII text",
+                hint="stored rows should come from a built file; rebuild them",
+            ) from None
