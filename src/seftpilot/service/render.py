@@ -1,0 +1,44 @@
+"""Rendering of the operator's mails (digest, alerts) from the package's jinja2 templates.
+
+Owns the template environment: templates come from ``seftpilot/templates`` (package data),
+HTML templates (``*.html.j2``) are autoescaped so mail text can never become markup, and a
+missing variable is an error rather than an empty string. Must not gather facts or send.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def london(value: datetime | None, fmt: str = "%a %d %b %H:%M") -> str:
+    """A UTC instant as the operator reads it (Europe/London wall clock)."""
+    if value is None:
+        return "-"
+    return value.astimezone(LONDON).strftime(fmt)
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("seftpilot", "templates"),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "html.j2"), default_for_string=False, default=False
+        ),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["london"] = london
+    return env
+
+
+def render_text(name: str, context: dict[str, Any]) -> str:
+    return environment().get_template(name).render(**context)
