@@ -19,10 +19,10 @@ MAILBOX = "study@example.org"
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 
-def make_settings(tmp_path: Path, smtp: SmtpServer, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, server: SmtpServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "state_dir": tmp_path / "state",
-        "smtp": smtp.settings(),
+        "smtp": server.settings(),
         "operator": {"emails": [OPERATOR]},
         "imap": {"host": "127.0.0.1", "username": MAILBOX, "idle": False},
         "agreement": [{"nic": NIC}],
@@ -32,9 +32,9 @@ def make_settings(tmp_path: Path, smtp: SmtpServer, **overrides: Any) -> Setting
 
 
 def make_runtime(
-    tmp_path: Path, smtp: SmtpServer, clock: FakeClock | None = None, **overrides: Any
+    tmp_path: Path, server: SmtpServer, clock: FakeClock | None = None, **overrides: Any
 ) -> Runtime:
-    return Runtime(make_settings(tmp_path, smtp, **overrides), clock or FakeClock(T0))
+    return Runtime(make_settings(tmp_path, server, **overrides), clock or FakeClock(T0))
 
 
 def mails_to(smtp: SmtpServer, address: str = OPERATOR) -> list[EmailMessage]:
