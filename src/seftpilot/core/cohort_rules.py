@@ -337,7 +337,7 @@ def normalise_text(value: str) -> str:
         return value
     if not value.isascii():
         value = anyascii(value)
-    return _CONTROL.sub(" ", _SPACES.sub(" ", value)).strip()
+    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
 
 
 def normalise_postcode(value: str) -> str:
