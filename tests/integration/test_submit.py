@@ -94,6 +94,7 @@ def make_settings(
     smtp: SmtpServer | None = None,
     transport: str = "sftp",
     agreements: tuple[str, ...] = (NIC,),
+    agreement_extra: dict[str, Any] | None = None,
     **extra: Any,
 ) -> Settings:
     upload: dict[str, Any] = {"transport": transport, "outbox": tmp / "outbox"}
@@ -101,7 +102,9 @@ def make_settings(
         upload["sftp"] = sftp.endpoint()
     values: dict[str, Any] = {
         "state_dir": tmp / "state",
-        "agreement": [{"nic": nic, "upload": upload} for nic in agreements],
+        "agreement": [
+            {"nic": nic, "upload": upload, **(agreement_extra or {})} for nic in agreements
+        ],
         "operator": {"emails": [OPERATOR]},
         "canary": {"enabled": False},
         **extra,
