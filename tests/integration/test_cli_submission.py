@@ -1,0 +1,179 @@
+"""`seftpilot submit` and `seftpilot submission ...` as an operator uses them: exit codes and
+--json documents, on a settings file, a real SMTP server (manual transport) and a fake clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from seftpilot.adapters.clock import FakeClock
+from seftpilot.adapters.ledger_store import LedgerStore, RefRow
+from seftpilot.adapters.store import Store
+from seftpilot.cli import run
+from seftpilot.cli import submission as submission_cli
+from tests.fixtures.smtp_server import SmtpServer
+from tests.integration.test_submit import MONDAY_10, NIC, rows
+
+
+@pytest.fixture
+def site(tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "seftpilot.toml").write_text(
+        f"""
+state_dir = "state"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_server.port}
+security = "plain"
+from_address = "seftpilot@study.example"
+[operator]
+emails = ["operator@study.example"]
+[canary]
+enabled = false
+[[agreement]]
+nic = "{NIC}"
+[agreement.upload]
+transport = "manual"
+outbox = "outbox"
+"""
+    )
+    clock = FakeClock(MONDAY_10)
+    monkeypatch.setattr(submission_cli, "clock_factory", lambda: clock)
+    return tmp_path
+
+
+@pytest.fixture
+def ledger(site: Path) -> Iterator[LedgerStore]:
+    with Store(site / "state") as store:
+        yield LedgerStore(store)
+
+
+def cli(site: Path, *args: str) -> list[str]:
+    return [*args, "--config", str(site / "seftpilot.toml")]
+
+
+def out_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+    return json.loads(capsys.readouterr().out)
+
+
+def test_submit_manual_then_confirm_list_and_show(
+    site: Path,
+    ledger: LedgerStore,
+    smtp_server: SmtpServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sub = ledger.create_submission(NIC, "ADD", rows("C", 2), at=MONDAY_10, state="due")
+
+    assert run(cli(site, "submit", "--dry-run", "--json")) == 0
+    doc = out_json(capsys)
+    assert doc["dry_run"] is True
+    assert doc["outcomes"][0]["status"] == "would_upload"
+    assert smtp_server.messages == []
+
+    assert run(cli(site, "submit", "--json")) == 0
+    (outcome,) = out_json(capsys)["outcomes"]
+    assert outcome["status"] == "awaiting_operator" and outcome["submission_id"] == sub.id
+    assert len(smtp_server.messages) == 1
+
+    assert run(cli(site, "submission", "list", "--json")) == 0
+    (listed,) = out_json(capsys)["submissions"]
+    assert listed["state"] == "uploading" and "confirm" in listed["note"]
+
+    # London time without a zone: 10:04 GMT in March.
+    assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "2026-03-02T10:04")) == 0
+    assert "evidence window closes" in capsys.readouterr().out
+    assert run(cli(site, "submission", "show", str(sub.id), "--json")) == 0
+    shown = out_json(capsys)
+    assert shown["state"] == "uploaded"
+    assert shown["uploaded_at"].startswith("2026-03-02T10:04:00")
+    assert shown["evidence"]["window"]["end"] == "2026-03-03T12:00:00+00:00"
+    kinds = [e["kind"] for e in shown["events"]]
+    assert kinds == [
+        "submission.created",
+        "submission.claim",
+        "submission.awaiting_operator",
+        "submission.upload_done",
+    ]
+    # Human output says the same in words.
+    assert run(cli(site, "submission", "show", str(sub.id))) == 0
+    text = capsys.readouterr().out
+    assert "uploaded" in text and "window:" in text and "submission.claim" in text
+
+
+def test_submit_exits_1_when_the_preflight_refuses(
+    site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = [RefRow("B-1", None, {"DATE_OF_BIRTH": "19800101"})]  # no NHS number, no names
+    ledger.create_submission(NIC, "ADD", bad, at=MONDAY_10, state="due")
+    assert run(cli(site, "submit", "--json")) == 1
+    (outcome,) = out_json(capsys)["outcomes"]
+    assert outcome["status"] == "refused" and outcome["ok"] is False
+    assert outcome["problems"] and outcome["problems"][0]["row"] == 1
+    assert run(cli(site, "submit")) == 1
+    assert "refused" in capsys.readouterr().out
+
+
+def test_nothing_due_exits_0(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(cli(site, "submit")) == 0
+    assert "nothing is due" in capsys.readouterr().out
+    assert run(cli(site, "submission", "list")) == 0
+    assert "no submissions yet" in capsys.readouterr().out
+
+
+def test_resolve_an_unknown_verdict_and_usage_errors(
+    site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sub = ledger.create_submission(NIC, "ADD", rows("R", 2), at=MONDAY_10, state="due")
+    sub = ledger.claim_upload(sub, at=MONDAY_10, nhs_day=MONDAY_10.date())
+    sub = ledger.record_upload(sub, at=MONDAY_10, evidence_deadline=MONDAY_10 + timedelta(days=1))
+    sub = ledger.record_verdict(sub, "unknown", at=MONDAY_10 + timedelta(days=1))
+
+    assert (
+        run(cli(site, "submission", "resolve", str(sub.id), "--outcome", "maybe", "--note", "x"))
+        == 2
+    )
+    assert run(cli(site, "submission", "resolve", str(sub.id), "--outcome", "success")) == 2
+    assert run(cli(site, "submission", "show", "999")) == 1
+    assert "no submission #999" in capsys.readouterr().err
+
+    assert (
+        run(
+            cli(
+                site,
+                "submission",
+                "resolve",
+                str(sub.id),
+                "--outcome",
+                "success",
+                "--note",
+                "NHS England confirmed",
+                "--json",
+            )
+        )
+        == 0
+    )
+    doc = out_json(capsys)
+    assert doc["verdict"] == "confirmed_success"
+    # Resolving twice is refused: only an unknown verdict is resolved by hand.
+    assert (
+        run(cli(site, "submission", "resolve", str(sub.id), "--outcome", "failed", "--note", "x"))
+        == 1
+    )
+    assert "only an unknown verdict" in capsys.readouterr().err
+
+
+def test_confirm_refuses_a_time_in_the_future_or_a_submission_not_waiting(
+    site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sub = ledger.create_submission(NIC, "ADD", rows("F", 1), at=MONDAY_10, state="due")
+    assert run(cli(site, "submission", "confirm", str(sub.id))) == 1
+    assert "not waiting for a manual upload" in capsys.readouterr().err
+    assert run(cli(site, "submit")) == 0
+    later = (MONDAY_10 + timedelta(hours=3)).isoformat()
+    assert run(cli(site, "submission", "confirm", str(sub.id), "--at", later)) == 1
+    assert "in the future" in capsys.readouterr().err
+    assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "yesterday")) == 1
+    assert "not an ISO 8601 time" in capsys.readouterr().err
