@@ -135,3 +135,36 @@ def test_untrusted_text_cannot_inject_headers_and_secrets_never_leave(
     assert secret not in text and secret.encode() not in delivered.content
     assert "***" in text
     assert "\x1b" not in text
+
+
+def test_service_first_pass_sends_one_summary_then_alerts_go_one_by_one(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    from datetime import date
+
+    from seftpilot.service.monitor import jobs
+    from seftpilot.service.watcher import Watcher
+
+    clock = FakeClock(T0)
+    rt = make_runtime(
+        tmp_path, smtp_server, clock, smtp=smtp_server.settings(password_expires=date(2026, 3, 1))
+    )
+    # Before the downtime: listening began 50 days ago, and no NHS mail since.
+    rt.mail.record_listening(
+        "study@example.org@127.0.0.1", "INBOX", T0 - timedelta(days=50), "poll"
+    )
+    watcher = Watcher(clock, jobs(rt))
+    watcher.run_pending()
+    assert watcher.failing_jobs() == {}
+    (summary,) = alert_mails(smtp_server)
+    assert summary["Subject"] == "[seftpilot] after a restart: 3 new"
+    text = body(summary)
+    assert "no mail from NHS England" in text and "SMTP password has expired" in text
+    assert "the mailbox is not being listened to" in text  # nothing since 50 days ago
+    # The first pass also sent today's overdue digest (08:00 > 07:30), exactly one.
+    digests = [m for m in smtp_server.messages if "digest" in m.message["Subject"]]
+    assert len(digests) == 1
+
+    # After the first pass an alert goes at once, on its own.
+    raise_alert(rt, "later", "something new", "x")
+    assert alert_mails(smtp_server)[-1]["Subject"] == "[seftpilot] ALERT (warning): something new"
