@@ -1,0 +1,402 @@
+"""Mail intake: read the mailbox, classify each message, hand it on, never lose or repeat one.
+
+Wires ``adapters.imap`` (the server), ``adapters.mailparse`` + ``core.rules`` (meaning) and
+``adapters.mail_store`` (the record). For every message above the checkpoint, in UID order:
+
+    fetch -> parse -> classify -> record ``received`` -> on_message(record, message, class)
+          -> ``handled`` + checkpoint (one transaction) -> flag/move if configured
+
+A message whose ``on_message`` raises is marked ``failed`` (attempts + 1) and the checkpoint
+moves past it, so one poison message cannot stop the mailbox; it is retried on later cycles
+until ``max_attempts``, then abandoned with a ``mail.abandoned`` event for the monitor.
+
+``run(stop)`` is the long-running loop: take the mailbox lock, connect, catch up, then wait
+(IDLE or poll) and catch up again, recording listening coverage after every successful
+cycle. After any drop it reconnects with tenacity (exponential backoff with jitter, only
+``TransientError`` retried, bounded by attempts and total time) and always catches up before
+waiting again. It honours ``stop`` within about a second. SIGTERM handling and the CLI
+belong to the watcher; ``run_intake(settings, stop)`` is its entry point.
+
+Must not: act on a classification itself (that is ``on_message``'s job), flag or move a
+message before it is handled, or swallow an authentication/TLS error (those stop the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from seftpilot.adapters.clock import Clock, SystemClock
+from seftpilot.adapters.imap import FetchedMessage, ImapMailbox
+from seftpilot.adapters.locks import MailboxLock
+from seftpilot.adapters.mail_store import ListeningKind, MailRecord, MailStore, dedupe_key
+from seftpilot.adapters.mailparse import parse_message
+from seftpilot.adapters.oauth import OAuthTokenProvider
+from seftpilot.adapters.store import Store
+from seftpilot.config import ImapSettings, Settings
+from seftpilot.core.message import Message
+from seftpilot.core.rules import Classification, RuleSet, classify
+from seftpilot.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+OnMessage = Callable[[MailRecord, Message, Classification], None]
+OnAbandoned = Callable[[MailRecord, str], None]
+
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect policy. Tests set ``intake.BACKOFF = Backoff.none()`` to remove the waits."""
+
+    initial: float = 1.0
+    maximum: float = 300.0
+    jitter: float = 1.0
+    attempts: int = 12
+    total_seconds: float = 1800.0
+
+    @classmethod
+    def none(cls, attempts: int = 5) -> Backoff:
+        return cls(initial=0.0, maximum=0.0, jitter=0.0, attempts=attempts, total_seconds=60.0)
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.maximum, self.initial * (2 ** max(0, failures - 1))))
+
+
+BACKOFF = Backoff()
+
+
+def account_name(imap: ImapSettings) -> str:
+    """How the ledger names a mailbox account: ``username@host``."""
+    return f"{imap.username or 'anonymous'}@{imap.host}"
+
+
+@dataclass
+class CatchUpReport:
+    uidvalidity: int = 0
+    last_uid: int = 0
+    fetched: int = 0
+    handled: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    abandoned: int = 0
+    renumbered_from: list[int] = field(default_factory=list)
+
+
+def _ignore(record: MailRecord, message: Message, classification: Classification) -> None:
+    """The default hook: the record and classification are already in the ledger."""
+
+
+class MailIntake:
+    """The mailbox reader for one account + folder."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | MailStore,
+        ruleset: RuleSet,
+        clock: Clock,
+        on_message: OnMessage | None = None,
+        *,
+        mailbox: ImapMailbox | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        on_abandoned: OnAbandoned | None = None,
+        parse: Callable[[bytes], Message] = parse_message,
+    ) -> None:
+        self.settings = settings
+        self.mail = store if isinstance(store, MailStore) else MailStore(store)
+        self.ruleset = ruleset
+        self.clock = clock
+        self.on_message = on_message or _ignore
+        self.on_abandoned = on_abandoned
+        self.max_attempts = max_attempts
+        self.parse = parse
+        self.account = account_name(settings.imap)
+        self.folder = settings.imap.folder
+        if mailbox is None:
+            provider = None
+            if settings.imap.auth == "xoauth2":
+                provider = OAuthTokenProvider(settings.imap.oauth, now=clock.now)
+            mailbox = ImapMailbox(settings.imap, token_provider=provider)
+        self.mailbox = mailbox
+
+    # -- one pass ----------------------------------------------------------------
+    def catch_up(
+        self, stop: threading.Event | None = None, *, kind: ListeningKind = "catchup"
+    ) -> CatchUpReport:
+        """Handle everything above the checkpoint, retry failed messages, then record a
+        listening cycle of ``kind``. Connects first if needed."""
+        if not self.mailbox.connected:
+            self.mailbox.connect()
+        folder = self.mailbox.select(self.folder)
+        uv = folder.uidvalidity
+        report = CatchUpReport(uidvalidity=uv)
+        last = self.mail.checkpoint(self.account, self.folder, uv)
+        if last is None:
+            report.renumbered_from = self.mail.start_uidvalidity(
+                self.account, self.folder, uv, self.clock.now()
+            )
+            if report.renumbered_from:
+                log.warning(
+                    "%s %s: UIDVALIDITY changed (%s -> %s); re-reading the folder, skipping "
+                    "messages already handled",
+                    self.account,
+                    self.folder,
+                    report.renumbered_from,
+                    uv,
+                )
+            last = 0
+        # Only after a renumbering can a message come back under a new UID.
+        others = any(v != uv for v in self.mail.uidvalidities(self.account, self.folder))
+        attempted: set[int] = set()
+        for fetched in self.mailbox.fetch(self.mailbox.uids_above(last)):
+            attempted.add(fetched.uid)
+            self._process(fetched, uv, dedupe=others, report=report)
+            report.last_uid = fetched.uid
+            if stop is not None and stop.is_set():
+                return report  # the message in hand is finished; the rest waits
+        self._retry_failed(uv, attempted, report)
+        self.mail.record_listening(self.account, self.folder, self.clock.now(), kind)
+        return report
+
+    def _process(
+        self, fetched: FetchedMessage, uv: int, *, dedupe: bool, report: CatchUpReport
+    ) -> None:
+        report.fetched += 1
+        message = self.parse(fetched.raw)
+        key = dedupe_key(
+            message.message_id,
+            date=message.date,
+            from_addr=message.from_addr,
+            subject=message.subject,
+            size=fetched.size,
+        )
+        now = self.clock.now()
+        if dedupe:
+            earlier = self.mail.seen_elsewhere(self.account, self.folder, key, uv)
+            if earlier is not None and earlier.state == "handled":
+                self.mail.advance(self.account, self.folder, uv, fetched.uid, now)
+                report.duplicates += 1
+                return
+        classification = classify(message, self.ruleset)
+        record = self.mail.record_received(
+            account=self.account,
+            folder=self.folder,
+            uidvalidity=uv,
+            uid=fetched.uid,
+            key=key,
+            message_id=message.message_id,
+            received_at=fetched.internal_date or now,
+            sent_at=message.date,
+            from_addr=message.from_addr,
+            subject=message.subject,
+            size=fetched.size,
+            rule=classification.rule,
+            class_=classification.class_,
+            action=classification.action,
+            captures=classification.captures,
+            defects=message.defects,
+            now=now,
+        )
+        if record.state == "handled":
+            # Handled before a crash that came before the checkpoint moved.
+            self.mail.advance(self.account, self.folder, uv, fetched.uid, now)
+            return
+        self._handle(record, message, classification, report)
+
+    def _handle(
+        self,
+        record: MailRecord,
+        message: Message,
+        classification: Classification,
+        report: CatchUpReport,
+    ) -> None:
+        try:
+            self.on_message(record, message, classification)
+        except Exception as exc:  # any failure of the hook: record it, move on
+            error = f"{type(exc).__name__}: {exc}"
+            gave_up = record.attempts + 1 >= self.max_attempts
+            attempts = self.mail.mark_failed(
+                record, error, self.clock.now(), advance_to=record.uid, gave_up=gave_up
+            )
+            report.failed += 1
+            log.warning(
+                "%s uid %s (%s): handling failed, attempt %s of %s: %s",
+                self.folder,
+                record.uid,
+                classification.rule,
+                attempts,
+                self.max_attempts,
+                error,
+            )
+            if gave_up:
+                report.abandoned += 1
+                if self.on_abandoned is not None:
+                    self.on_abandoned(self.mail.by_id(record.id), error)
+            return
+        self.mail.mark_handled(record, self.clock.now(), advance_to=record.uid)
+        report.handled += 1
+        try:
+            done = self.mailbox.after_handling(record.uid)
+        except PermanentError as exc:
+            # The message is handled and recorded; only the tidy-up failed.
+            log.warning("%s uid %s: handled, but %s", self.folder, record.uid, exc)
+            return
+        if done:
+            log.debug("%s uid %s: %s", self.folder, record.uid, done)
+
+    def _retry_failed(self, uv: int, attempted: set[int], report: CatchUpReport) -> None:
+        for record in self.mail.retryable(self.account, self.folder, uv, self.max_attempts):
+            if record.uid in attempted or record.state != "failed":
+                continue
+            fetched = list(self.mailbox.fetch([record.uid]))
+            if not fetched:
+                self.mail.mark_failed(
+                    record,
+                    "message no longer in the folder (moved or deleted by someone)",
+                    self.clock.now(),
+                    gave_up=True,
+                )
+                report.abandoned += 1
+                continue
+            report.retried += 1
+            message = self.parse(fetched[0].raw)
+            # Classified afresh: the operator may have fixed the rules meanwhile.
+            self._handle(record, message, classify(message, self.ruleset), report)
+
+    def close(self) -> None:
+        """Log out of the mailbox (``run`` does this itself when it returns)."""
+        self.mailbox.close()
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Listen until ``stop`` is set. Raises AlreadyRunning if another runner holds this
+        mailbox, PermanentError (auth, TLS) at once, TransientError when reconnecting
+        has used up its attempts or time."""
+        with MailboxLock(self.settings.state_dir, self.account, self.folder):
+            try:
+                self._loop(stop)
+            finally:
+                self.mailbox.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        quick_drops = 0
+        while not stop.is_set():
+            self._connect_and_catch_up(stop)
+            cycles = 0
+            try:
+                while not stop.is_set():
+                    waited = self.mailbox.wait(stop)
+                    self.catch_up(stop, kind=waited.kind)
+                    cycles += 1
+            except TransientError as exc:
+                log.warning("%s: connection lost (%s); reconnecting", self.account, exc)
+                self._event("mail.connection_lost", {"error": str(exc), "cycles": cycles})
+                # A connection that dies before completing one cycle is flapping: back off
+                # before the next attempt instead of hammering the server.
+                quick_drops = 0 if cycles else quick_drops + 1
+                if quick_drops:
+                    stop.wait(BACKOFF.delay(quick_drops))
+
+    def _connect_and_catch_up(self, stop: threading.Event) -> None:
+        backoff = BACKOFF
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)  # a stop request cuts the backoff short
+
+        def before_sleep(state: RetryCallState) -> None:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            log.warning(
+                "%s: cannot reach the mailbox (attempt %s): %s",
+                self.account,
+                state.attempt_number,
+                error,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_any(
+                stop_after_attempt(backoff.attempts),
+                stop_after_delay(backoff.total_seconds),
+                _StopWhenSet(stop),
+            ),
+            wait=wait_exponential_jitter(
+                multiplier=backoff.initial, max=backoff.maximum, jitter=backoff.jitter
+            ),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if stop.is_set():
+                    return
+                # A fresh token is fetched by connect() on every reconnect.
+                self.mailbox.connect()
+                self.catch_up(stop, kind="catchup")
+
+    def _event(self, kind: str, detail: dict[str, Any]) -> None:
+        with self.mail.store.transaction() as conn:
+            Store.append_event(
+                conn,
+                kind,
+                at=self.clock.now(),
+                subject_type="mailbox",
+                detail={"account": self.account, "folder": self.folder, **detail},
+            )
+
+
+class _StopWhenSet(stop_base):
+    """Stop retrying as soon as the service is asked to stop."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event.is_set()
+
+
+def run_intake(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    on_message: OnMessage | None = None,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    on_abandoned: OnAbandoned | None = None,
+) -> None:
+    """Entry point for ``seftpilot watch``: load the rules, open the ledger, listen."""
+    from seftpilot.adapters.rules_files import load_rules
+
+    ruleset = load_rules(list(settings.rules))
+    own_store = store is None
+    ledger = store if store is not None else Store(settings.state_dir)
+    try:
+        MailIntake(
+            settings,
+            ledger,
+            ruleset,
+            clock or SystemClock(),
+            on_message,
+            on_abandoned=on_abandoned,
+        ).run(stop)
+    finally:
+        if own_store:
+            ledger.close()
