@@ -860,9 +860,7 @@ def _mail_line(r: sqlite3.Row) -> MailLine:
     )
 
 
-def _submission_facts(
-    runtime: Runtime, now: datetime, since: datetime, coverage_cache: dict[str, Any]
-) -> list[SubmissionFacts]:
+def _submission_facts(runtime: Runtime, now: datetime, since: datetime) -> list[SubmissionFacts]:
     from seftpilot.adapters.ledger_store import Submission
 
     settings = runtime.settings
@@ -1026,7 +1024,7 @@ def gather_facts(
     return Facts(
         now=now,
         since=since,
-        submissions=_submission_facts(runtime, now, since, {}),
+        submissions=_submission_facts(runtime, now, since),
         pools=_pool_facts(runtime, since),
         heartbeat=_heartbeat_facts(runtime, now, since),
         canary=CanaryFacts(
