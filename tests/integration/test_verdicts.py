@@ -413,3 +413,49 @@ def test_an_unknown_step_blocks_its_campaign_until_resolved(plain: World) -> Non
     )
     assert "step 2 (ADD) is due" in resolved.next_step
     assert ledger.get_campaign(campaign.id).state == "running"
+
+
+# -- canaries ------------------------------------------------------------------------------
+CANARY = {"enabled": True, "address": "linkage@study.example.org", "max_delay_minutes": 30}
+
+
+def test_with_canaries_enabled_silence_needs_a_canary_that_came_back(
+    world_factory: Callable[..., World], smtp_server: SmtpServer
+) -> None:
+    from seftpilot.service.monitor import record_canary_arrival, send_canary
+
+    world = world_factory(smtp=smtp_server, transport="manual", canary=CANARY)
+    sub_id = upload(world)
+    listen(world, MONDAY_10, TUESDAY_NOON + timedelta(minutes=5), timedelta(minutes=20))
+    world.clock.set(datetime(2026, 3, 2, 14, 0, tzinfo=UTC))
+    token = send_canary(world.runtime, f"window:{sub_id}")
+    assert token is not None
+    assert any(token in str(m["Subject"]) for m in world.mails())  # it really went by SMTP
+    record_canary_arrival(
+        world.runtime, token, mail_id=None, at=datetime(2026, 3, 2, 14, 4, tzinfo=UTC)
+    )
+    world.clock.set(TUESDAY_NOON + timedelta(minutes=10))
+    job = VerdictJob(world.runtime)
+    job.run(world.clock.now())
+    (outcome,) = job.last_outcomes
+    assert outcome.verdict == "presumed_success", outcome.reasons
+    assert any("canary sent Mon 02 Mar 14:00 arrived" in r for r in outcome.reasons)
+
+
+def test_with_canaries_enabled_no_canary_means_unknown(
+    world_factory: Callable[..., World], smtp_server: SmtpServer
+) -> None:
+    world = world_factory(smtp=smtp_server, transport="manual", canary=CANARY)
+    sub_id = upload(world)
+    listen(world, MONDAY_10, TUESDAY_NOON + timedelta(minutes=5), timedelta(minutes=20))
+    world.clock.set(TUESDAY_NOON + timedelta(minutes=10))
+    job = VerdictJob(world.runtime)
+    job.run(world.clock.now())
+    (outcome,) = job.last_outcomes
+    assert outcome.verdict == "unknown"
+    assert outcome.reasons == ["no mail-path canary was sent during the window"]
+    assert world.runtime.ledger.get_submission(sub_id).verdict_detail["evidence"]["canaries"] == {
+        "required": True,
+        "sent": 0,
+        "arrived": 0,
+    }

@@ -20,7 +20,6 @@ through the alerts service, or change a submission except through ``LedgerStore`
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from seftpilot.core.verdict import (
 )
 from seftpilot.errors import ClaimLost, ConfigError, LedgerError
 from seftpilot.service.intake import account_name
+from seftpilot.service.monitor import canaries_between
 from seftpilot.service.runtime import Runtime
 from seftpilot.service.submit import alert, clear
 
@@ -100,19 +100,10 @@ def nhs_notices(runtime: Runtime, sub: Submission, start: datetime, end: datetim
 
 
 def _canaries(runtime: Runtime, start: datetime, end: datetime) -> tuple[bool, list[Canary]]:
-    """(required, canaries sent in the window), from the monitor when it is installed."""
+    """(required, canaries sent in the window): required whenever ``canary.enabled``."""
     if not runtime.settings.canary.enabled:
         return False, []
-    try:
-        monitor = importlib.import_module("seftpilot.service.monitor")
-    except ImportError:
-        monitor = None
-    between = getattr(monitor, "canaries_between", None)
-    if between is None:
-        # TODO(canary): service.monitor.canaries_between is not installed in this build;
-        # until it is, canaries cannot be required (the only place this is decided).
-        return False, []
-    return True, list(between(runtime, start, end))
+    return True, canaries_between(runtime, start, end)
 
 
 def gather_evidence(
