@@ -459,3 +459,39 @@ def test_with_canaries_enabled_no_canary_means_unknown(
         "sent": 0,
         "arrived": 0,
     }
+
+
+# -- the service loop ----------------------------------------------------------------------
+def test_the_service_loop_uploads_at_the_window_and_judges_at_the_deadline(
+    world_factory: Callable[..., World], sftp_server: InProcessSftpServer, smtp_server: SmtpServer
+) -> None:
+    from seftpilot.service.submit import SubmitJob
+    from seftpilot.service.watcher import Watcher
+
+    world = world_factory(
+        sftp=sftp_server, smtp=smtp_server, start=datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    )
+    sub = world.runtime.ledger.create_submission(
+        NIC, "ADD", rows("W", 2), at=world.clock.now(), state="due"
+    )
+    watcher = Watcher(
+        clock=world.clock,
+        jobs=[SubmitJob(world.runtime, world.agreement), VerdictJob(world.runtime)],
+    )
+    assert watcher.run_pending() == 0  # 08:00: before the window, nothing is due
+    assert world.remote_files() == []
+    world.clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    assert watcher.run_pending() == 1
+    assert world.remote_files() == [FILE]
+    world.clock.advance(timedelta(hours=1))
+    assert watcher.run_pending() == 0  # one a day: the timer does not fire again
+    listen(
+        world,
+        datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        TUESDAY_NOON + timedelta(minutes=5),
+        timedelta(minutes=20),
+    )
+    world.clock.set(TUESDAY_NOON + timedelta(minutes=6))
+    assert watcher.run_pending() == 1
+    assert world.runtime.ledger.get_submission(sub.id).state == "presumed_success"
+    assert watcher.failing_jobs() == {}

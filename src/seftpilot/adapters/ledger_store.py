@@ -1,4 +1,5 @@
-"""The ledger's repository: submissions, their rows, campaigns, stuck references, the pool.
+"""The ledger's repository: submissions, their rows, campaigns, stuck references, the pool,
+and which submission each NHS notice was attributed to (``record_correlation``).
 
 Owns the SQL for those tables (on ``adapters/store.py``'s ``Store``) and the rules of
 recording: every change is a conditional UPDATE (``WHERE id=? AND state=? AND version=?``;
