@@ -768,7 +768,10 @@ def resolve_columns(
     return result
 
 
-_POSTCODE_VALUE = re.compile(r"(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?")
+_POSTCODE_NOT_CANONICAL = re.compile(r"^(?!(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?$)", re.MULTILINE)
+_NHS_NOT_CANONICAL = re.compile(r"^(?![0-9]{10}$)", re.MULTILINE)
+# What normalise_text would change: anything but printable ASCII, double or edge spaces.
+_TEXT_SPOTS = re.compile(r"[^\x20-\x7e\n]|  |^ | $", re.MULTILINE)
 _POSTCODE_COLUMN = re.compile(
     r"(?:(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?\n)*(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?"
 )
@@ -846,6 +849,19 @@ class CohortBuilder:
             col[i] = fix(col[i])
         return col
 
+    @staticmethod
+    def _lines_with(spots: re.Pattern[str], joined: str) -> list[int]:
+        """Indexes of the lines of ``joined`` (a column joined with newlines) where
+        ``spots`` matches: one C-level scan instead of a Python test per value."""
+        out: list[int] = []
+        line = pos = 0
+        for m in spots.finditer(joined):
+            line += joined.count("\n", pos, m.start())
+            pos = m.start()
+            if not out or out[-1] != line:
+                out.append(line)
+        return out
+
     def _cached(
         self, cache: dict[str, str], col: list[str], fix: Callable[[str], str]
     ) -> list[str]:
@@ -865,7 +881,8 @@ class CohortBuilder:
 
     def _normalise(self, spec: FieldSpec, col: list[str]) -> list[str]:
         """``col`` (a fresh list, changed in place) in canonical form. A column-wide test
-        first; when it fails, a cheap per-value test finds the few values to rework."""
+        first; when it fails, one regex scan of the joined column finds the few values
+        to rework."""
         kind = spec.kind
         if kind == "date":
             return self._cached(self._date_cache, col, self._date)
@@ -873,37 +890,36 @@ class CohortBuilder:
             if set(col) <= {*spec.allowed_values, ""}:
                 return col
             return self._cached(self._gender_cache, col, normalise_gender)
-        if kind == "nhs_number":
-            if set(map(len, col)) == {10}:
-                joined = "".join(col)
-                if joined.isascii() and joined.isdigit():
-                    return col
-            bad = [i for i, v in enumerate(col) if len(v) != 10 or not v.isdigit()]
-            return self._fix(col, bad, lambda v: nhs_number.normalise(normalise_text(v)))
-        if kind == "postcode":
-            if _POSTCODE_COLUMN.fullmatch("\n".join(col)):
-                return col
-            ok = _POSTCODE_VALUE.fullmatch
-            return self._fix(col, [i for i, v in enumerate(col) if not ok(v)], normalise_postcode)
         if kind == "status":
             return [normalise_value(self.profile, spec, v) for v in col]
-        joined = "|".join(col)
+        joined = "\n".join(col)
+        if joined.count("\n") != len(col) - 1:  # a value holds a line break: one by one
+            return [normalise_value(self.profile, spec, v) for v in col]
+        if kind == "nhs_number":
+            if set(map(len, col)) == {10} and joined.replace("\n", "").isdigit():
+                return col
+            return self._fix(
+                col,
+                self._lines_with(_NHS_NOT_CANONICAL, joined),
+                lambda v: nhs_number.normalise(normalise_text(v)),
+            )
+        if kind == "postcode":
+            if _POSTCODE_COLUMN.fullmatch(joined):
+                return col
+            return self._fix(
+                col, self._lines_with(_POSTCODE_NOT_CANONICAL, joined), normalise_postcode
+            )
         if (
             joined.isascii()
-            and joined.isprintable()
+            and joined.replace("\n", "|").isprintable()
             and "  " not in joined
-            and " |" not in joined
-            and "| " not in joined
+            and "\n " not in joined
+            and " \n" not in joined
             and not joined.startswith(" ")
             and not joined.endswith(" ")
-        ):
+        ):  # substring searches in C; the regex below only runs on columns that need work
             return col
-        bad = [
-            i
-            for i, v in enumerate(col)
-            if not (v.isascii() and v.isprintable()) or "  " in v or v != v.strip()
-        ]
-        return self._fix(col, bad, normalise_text)
+        return self._fix(col, self._lines_with(_TEXT_SPOTS, joined), normalise_text)
 
     def _suspects(self, spec: FieldSpec, col: list[str]) -> Iterable[int]:
         """Indexes whose value may break a rule (a superset; diagnose_row decides)."""
@@ -965,6 +981,7 @@ class CohortBuilder:
         if self._transpose:  # few extra columns: one C-level transpose is cheapest
             columns = list(zip(*batch, strict=True))
             raw = [list(columns[i]) for _, i in self._mapped]
+            del columns
         else:
             raw = [list(map(getter, batch)) for getter in self._getters]
         cols = [

@@ -400,6 +400,12 @@ def parse_source_date(value: str) -> date | None:
     numeric dates: US month-first exports must be converted at source."""
     text = value.strip()
     y = m = d = 0
+    if len(text) == 10 and text[4] == "-" == text[7] and text[:4].isdigit():
+        # ISO, what databases export: the common case, without a regex
+        try:
+            return date(int(text[:4]), int(text[5:7]), int(text[8:]))
+        except ValueError:
+            return None
     if match := _COMPACT.match(text):
         y, m, d = int(match[1]), int(match[2]), int(match[3])
     elif match := _YMD.match(text):
