@@ -23,7 +23,7 @@ from seftpilot.errors import AlreadyRunning, StateDirError
 def lock_path(state_dir: Path, account: str, folder: str) -> Path:
     """``state_dir/locks/mailbox-<readable>-<hash>.lock``; the hash keeps distinct
     mailboxes apart when their readable forms collide."""
-    readable = re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{account}-{folder}")[:80]
+    readable = re.sub(r"[^A-Za-z0-9._@-]+|\.{2,}", "_", f"{account}-{folder}")[:80]
     digest = hashlib.sha256(f"{account}\x00{folder}".encode()).hexdigest()[:12]
     return Path(state_dir) / "locks" / f"mailbox-{readable}-{digest}.lock"
 
