@@ -273,6 +273,24 @@ def config_path(explicit: Path | None = None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG
 
 
+def _absolute_paths(value: Any, base: Path) -> Any:
+    """``value`` with every relative Path (in nested sections and lists) made absolute."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base / value.expanduser()
+    if isinstance(value, BaseModel):
+        updates = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = _absolute_paths(old, base)
+            if new is not old:
+                updates[name] = new
+        return value.model_copy(update=updates) if updates else value
+    if isinstance(value, list):
+        items = [_absolute_paths(v, base) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
+
+
 def load_settings(
     path: Path | None = None, *, required: bool = False, **overrides: Any
 ) -> Settings:
@@ -295,8 +313,15 @@ def load_settings(
     Settings._toml_path = toml_file
     try:
         loaded = Settings(**overrides)
-        loaded._base_dir = toml_file.parent if toml_file is not None else None
-        return loaded
+        if toml_file is None:
+            return loaded
+        # Every relative path in the settings means "beside the settings file", so that
+        # `--config site/seftpilot.toml` works from any directory, for every command.
+        base = toml_file.parent.absolute()
+        resolved = _absolute_paths(loaded, base)
+        assert isinstance(resolved, Settings)
+        resolved._base_dir = base
+        return resolved
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or None
