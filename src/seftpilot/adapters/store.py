@@ -224,6 +224,77 @@ MIGRATIONS: list[str] = [
     CREATE INDEX mail_messages_received ON mail_messages(received_at);
     CREATE INDEX mail_messages_submission ON mail_messages(submission_id);
     """,
+    # 6: deliveries to the partner (adapters/delivery_store.py, service/forward.py). A
+    # delivery's ``state`` is its last completed step; ``step`` is the step claimed and in
+    # hand (a crash leaves it set). ``delivery_files`` is the manifest; ``remote_files_seen``
+    # what was collected from SEFT's download area (name + size + mtime), so a file is
+    # collected once; ``delivery_triggers`` makes the new-data mail handler idempotent. At
+    # most one delivery per agreement waits for its files. No passphrase is ever stored:
+    # ``passphrase_fingerprint`` names it.
+    """
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        agreement TEXT NOT NULL,
+        state TEXT NOT NULL,
+        step TEXT,                            -- claimed step in hand; NULL when none
+        step_at TEXT,
+        source TEXT NOT NULL,                 -- sftp | folder | dir
+        source_path TEXT,                     -- the folder of `forward --from DIR`
+        origin TEXT NOT NULL,                 -- mail | cli | folder
+        nhs_day TEXT NOT NULL,                -- NHS day it started (the name's {date})
+        work_dir TEXT NOT NULL,
+        keep INTEGER NOT NULL DEFAULT 0,      -- `forward --keep`: never cleaned
+        observed TEXT,                        -- JSON: last look at the drop folder
+        quiet_since TEXT,
+        file_count INTEGER,
+        total_bytes INTEGER,
+        manifest TEXT,                        -- JSON seftpilot-manifest/1
+        archive_name TEXT,
+        archive_parts TEXT,                   -- JSON [{local, name, size, sha256}]
+        passphrase_fingerprint TEXT,
+        remote_name TEXT,
+        staged_at TEXT,                       -- every part complete under its staging name
+        uploaded_at TEXT,
+        passphrase_message_id TEXT,
+        passphrase_sent_at TEXT,
+        announce_message_id TEXT,
+        clean_after TEXT,
+        cleaned_at TEXT,
+        held_from TEXT,                       -- the state a failed/blocked delivery was in
+        attempts INTEGER NOT NULL DEFAULT 0,
+        retry_at TEXT,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX deliveries_agreement ON deliveries(agreement, state);
+    CREATE UNIQUE INDEX deliveries_one_waiting ON deliveries(agreement) WHERE state = 'waiting';
+    CREATE TABLE delivery_files (
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        source TEXT NOT NULL,                 -- remote path or local path it came from
+        remote_mtime INTEGER,
+        deleted_at TEXT,
+        PRIMARY KEY (delivery_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE remote_files_seen (
+        agreement TEXT NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        seen_at TEXT NOT NULL,
+        PRIMARY KEY (agreement, name, size, mtime)
+    ) WITHOUT ROWID;
+    CREATE TABLE delivery_triggers (
+        mail_id INTEGER PRIMARY KEY REFERENCES mail_messages(id),
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        at TEXT NOT NULL
+    );
+    """,
 ]
 
 
