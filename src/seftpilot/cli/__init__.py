@@ -23,6 +23,7 @@ from seftpilot.cli import (
     sandbox,
     status,
     submission,
+    watch,
 )
 from seftpilot.cli.common import print_error
 from seftpilot.errors import SeftpilotError
@@ -47,6 +48,7 @@ for _module in (
     plan,
     submission,
     mail,
+    watch,
     forward,
     status,
     digest,

@@ -1,0 +1,5 @@
+"""`python -m seftpilot`."""
+
+from seftpilot.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""`seftpilot watch` as an operator runs it: a real process against real IMAP and SMTP
+servers on loopback. Unmatched mail reaches the operator; SIGTERM ends it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from seftpilot.adapters.rules_files import default_rules_path
+from seftpilot.cli import run
+from tests.fixtures.imap_server import ImapTestServer, make_message
+from tests.fixtures.smtp_server import ReceivedMail, SmtpServer
+
+
+def _write_config(path: Path, imap: ImapTestServer, smtp: SmtpServer) -> Path:
+    path.write_text(
+        f"""
+state_dir = "state"
+rules = ["{default_rules_path()}"]
+[imap]
+host = "{imap.host}"
+port = {imap.port}
+security = "plain"
+username = "{imap.username}"
+password = "{imap.password}"
+idle = true
+poll_interval_seconds = 1
+[smtp]
+host = "{smtp.host}"
+port = {smtp.port}
+security = "plain"
+from_address = "seftpilot@study.example"
+[operator]
+emails = ["operator@study.example"]
+[canary]
+enabled = false
+[[agreement]]
+nic = "NIC-402963-P0Y5D"
+[agreement.upload]
+transport = "manual"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _text(mail: ReceivedMail) -> str:
+    body = mail.message.get_body(preferencelist=("plain",))
+    return str(body.get_content()) if body is not None else ""
+
+
+def _wait_for(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_watch_alerts_on_unmatched_mail_and_stops_on_sigterm(
+    tmp_path: Path, imap_server: ImapTestServer, smtp_server: SmtpServer
+) -> None:
+    config = _write_config(tmp_path / "seftpilot.toml", imap_server, smtp_server)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEFTPILOT_")}
+    log_path = tmp_path / "watch.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seftpilot", "watch", "--config", str(config)],
+            env=env,
+            cwd=tmp_path,
+            stderr=log_file,
+        )
+    try:
+        imap_server.append(
+            make_message(1, subject="Lunch on Friday?", sender="colleague@study.example")
+        )
+
+        def alerted() -> bool:
+            return any("Lunch on Friday?" in _text(m) for m in smtp_server.messages)
+
+        try:
+            _wait_for(alerted)
+        except AssertionError:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("no alert mail; service said:\n" + log_path.read_text()) from None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = log_path.read_text()
+    assert "service stopped" in stderr
+    assert imap_server.password not in stderr
+    alert = next(m for m in smtp_server.messages if "Lunch on Friday?" in _text(m))
+    assert "operator@study.example" in alert.rcpt_tos
+    assert "Mail needs you" in _text(alert)
+
+
+def test_watch_once_handles_backlog_then_exits(
+    tmp_path: Path,
+    imap_server: ImapTestServer,
+    smtp_server: SmtpServer,
+    capsys: object,
+) -> None:
+    config = _write_config(tmp_path / "seftpilot.toml", imap_server, smtp_server)
+    for n in range(3):
+        imap_server.append(make_message(n, subject=f"unrelated {n}", sender="x@study.example"))
+    assert run(["watch", "--once", "--json", "--config", str(config)]) == 0
+    out = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert out["mail"]["fetched"] == 3 and out["mail"]["handled"] == 3
+    # A second pass fetches nothing: the checkpoint holds.
+    assert run(["watch", "--once", "--json", "--config", str(config)]) == 0
+    out = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert out["mail"]["fetched"] == 0
