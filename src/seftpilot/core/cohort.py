@@ -865,19 +865,18 @@ class CohortBuilder:
     def _cached(
         self, cache: dict[str, str], col: list[str], fix: Callable[[str], str]
     ) -> list[str]:
-        """Normalise through a cache: sex words and dates repeat a lot in a cohort."""
-
-        def miss(value: str) -> str:
-            result = fix(value)
-            if len(cache) < self._CACHE_LIMIT:
-                cache[value] = result
-            return result
-
-        try:  # all values seen before: one C-level pass
+        """Normalise through a cache: sex words and dates repeat a lot in a cohort. New
+        values are found with set operations, then the column maps through the cache in
+        one C-level pass."""
+        new = [v for v in set(col) if v not in cache]  # O(distinct values in the batch)
+        if not new:
             return list(map(cache.__getitem__, col))
-        except KeyError:
-            get = cache.get
-            return [r if (r := get(v)) is not None else miss(v) for v in col]
+        results = {value: fix(value) for value in new}
+        if len(cache) + len(results) <= self._CACHE_LIMIT:
+            cache.update(results)
+            return list(map(cache.__getitem__, col))
+        get = cache.get
+        return [r if (r := get(v)) is not None else results[v] for v in col]
 
     def _normalise(self, spec: FieldSpec, col: list[str]) -> list[str]:
         """``col`` (a fresh list, changed in place) in canonical form. A column-wide test
@@ -980,12 +979,13 @@ class CohortBuilder:
         self.rows += k
         if self._transpose:  # few extra columns: one C-level transpose is cheapest
             columns = list(zip(*batch, strict=True))
-            raw = [list(columns[i]) for _, i in self._mapped]
+            source_cols = [list(columns[i]) for _, i in self._mapped]
             del columns
         else:
-            raw = [list(map(getter, batch)) for getter in self._getters]
+            source_cols = [list(map(getter, batch)) for getter in self._getters]
         cols = [
-            self._normalise(spec, col) for (spec, _), col in zip(self._mapped, raw, strict=True)
+            self._normalise(spec, col)
+            for (spec, _), col in zip(self._mapped, source_cols, strict=True)
         ]
         suspects: set[int] = set()
         for (spec, _), col in zip(self._mapped, cols, strict=True):
