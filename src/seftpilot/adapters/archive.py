@@ -298,7 +298,7 @@ def _create_7zz(
         "-p",  # no value: 7-Zip prompts and reads the passphrase from stdin
         "-spd",  # no wildcard matching: names are literal
         "-scsUTF-8",
-        "-bsp1",
+        "-bsp1" if progress is not None else "-bsp0",  # progress lines only when wanted
         "-bb0",
         "-y",
     ]

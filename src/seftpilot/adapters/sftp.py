@@ -322,6 +322,14 @@ class SftpClient(ClosingContextManager):
             raise map_exception(exc, self.server, what) from exc
 
     def connect(self) -> None:
+        """Open the connection; on any failure nothing is left open."""
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
         ep = self.endpoint
         timeout = ep.timeout_seconds
         known = _load_known_hosts(ep)
