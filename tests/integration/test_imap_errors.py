@@ -69,6 +69,7 @@ def test_every_library_exception_we_catch_is_mapped() -> None:
         (ssl.SSLEOFError("EOF"), TransientError),
         (ssl.SSLError("wrong version number"), PermanentError),
         (imapx.LoginError("[AUTHENTICATIONFAILED] Invalid credentials"), AuthenticationError),
+        (imapx.LoginError("[UNAVAILABLE] Temporary authentication failure."), TransientError),
         (imaplib.IMAP4.abort("socket error: EOF"), TransientError),
         (imaplib.IMAP4.error("SELECT failed: [NONEXISTENT] no such mailbox"), PermanentError),
         (imaplib.IMAP4.error("NO [UNAVAILABLE] try again later"), TransientError),

@@ -64,6 +64,19 @@ def _imap_error(exc: BaseException, server: str) -> SeftpilotError:
     )
 
 
+def _login_error(exc: BaseException, server: str) -> SeftpilotError:
+    text = str(exc)
+    if any(code in text.upper() for code in _TRANSIENT_CODES):
+        # e.g. Dovecot's "[UNAVAILABLE] Temporary authentication failure": try again.
+        return TransientError(f"login temporarily unavailable: {text}", server=server)
+    return AuthenticationError(
+        f"login refused: {text}",
+        server=server,
+        hint="check imap.username and the password or OAuth2 settings; Microsoft 365 "
+        "and NHSmail need imap.auth = 'xoauth2'",
+    )
+
+
 # Most specific first: the first matching row wins. Every type caught at this boundary is
 # here, and tests/integration/test_imap_errors.py proves each one (and every subclass the
 # libraries define) maps into our tree.
@@ -95,15 +108,7 @@ EXCEPTION_MAP: tuple[
             hint="check imap.security (tls for port 993, starttls for 143) and imap.port",
         ),
     ),
-    (
-        imapx.LoginError,
-        lambda e, s: AuthenticationError(
-            f"login refused: {e}",
-            server=s,
-            hint="check imap.username and the password or OAuth2 settings; Microsoft 365 "
-            "and NHSmail need imap.auth = 'xoauth2'",
-        ),
-    ),
+    (imapx.LoginError, _login_error),
     (
         imapx.CapabilityError,
         lambda e, s: PermanentError(

@@ -247,20 +247,32 @@ class MailStore:
                     rule,
                     class_,
                     action,
-                    json.dumps(dict(captures), default=str),
-                    json.dumps(list(defects)),
+                    json.dumps(dict(captures), default=str) if captures else "{}",
+                    json.dumps(list(defects)) if defects else "[]",
                     utcnow_iso(now),
                 ),
             )
             if cur.rowcount == 1:
-                Store.append_event(
-                    conn,
-                    "mail.received",
-                    at=now,
-                    subject_type="mail",
-                    subject_id=cur.lastrowid,
-                    detail={"uid": uid, "rule": rule, "class": class_, "action": action},
+                # The row is the record of arrival and classification; no separate event
+                # (it would double the writes of a large catch-up: benchmarks/RESULTS.md).
+                return MailRecord(
+                    id=int(cur.lastrowid or 0),
+                    account=account,
+                    folder=folder,
+                    uidvalidity=uidvalidity,
+                    uid=uid,
+                    message_id=message_id or None,
+                    dedupe_key=key,
+                    state="received",
+                    attempts=0,
+                    rule=rule,
+                    class_=class_,
+                    action=action,
+                    captures=dict(captures),
+                    received_at=received_at,
+                    last_error=None,
                 )
+            # Already recorded (a crash came between recording and the checkpoint).
             row = conn.execute(
                 "SELECT * FROM mail_messages WHERE account=? AND folder=? AND uidvalidity=? "
                 "AND uid=?",
@@ -282,9 +294,8 @@ class MailStore:
                 "handled_at=?, last_error=NULL WHERE id=?",
                 (utcnow_iso(now), record.id),
             )
-            Store.append_event(
-                conn, "mail.handled", at=now, subject_type="mail", subject_id=record.id
-            )
+            # No event: the row's state and handled_at say it, and an event per message
+            # would double the writes of a large catch-up (see benchmarks/RESULTS.md).
             if advance_to is not None:
                 self._advance(
                     conn,

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -165,7 +166,7 @@ class OAuthTokenProvider:
         oauth: OAuthSettings,
         *,
         endpoint: TokenEndpoint | None = None,
-        now: Any = None,
+        now: Callable[[], datetime] | None = None,
         server: str = "login.microsoftonline.com",
     ) -> None:
         self.oauth = oauth
