@@ -207,11 +207,11 @@ class ForwardOutcome:
     message: str
     delivery: Delivery | None = None
     steps: list[str] = field(default_factory=list)
-    partial: list[str] = field(default_factory=list)
+    earlier: list[ForwardOutcome] = field(default_factory=list)  # unfinished ones advanced
 
     @property
     def ok(self) -> bool:
-        return self.status not in PROBLEMS
+        return self.status not in PROBLEMS and all(e.ok for e in self.earlier)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,8 +219,8 @@ class ForwardOutcome:
             "ok": self.ok,
             "message": self.message,
             "steps": self.steps,
-            "unfinished_downloads": self.partial,
             "delivery": self.delivery.to_dict() if self.delivery is not None else None,
+            "earlier": [e.to_dict() for e in self.earlier],
         }
 
 
@@ -873,13 +873,23 @@ def forward_now(
     if from_dir is not None and not from_dir.is_dir():
         raise InputError(f"--from {from_dir}: not a folder", hint="name the folder of the files")
     with forward_lock(runtime):
-        for other in store.list_deliveries(agreement.nic, [s for s in ACTIVE if s != D.WAITING]):
-            forwarder.advance(other)
+        # Unfinished deliveries first (advanced), and those waiting for the operator
+        # (reported: the command exits 1 while one does).
+        earlier = []
+        held = [s for s in (*ACTIVE, D.FAILED, D.BLOCKED) if s != D.WAITING]
+        for other in store.list_deliveries(agreement.nic, held):
+            after = forwarder.advance(other) if other.active else other
+            if after.state != other.state or not after.active or after.last_error:
+                earlier.append(_outcome(runtime, after))
         d = store.waiting(agreement.nic)
         now = runtime.clock.now()
         if d is None:
             source = "dir" if from_dir is not None else agreement.download.source
             if from_dir is None and not _has_something(runtime, agreement, forwarder):
+                if earlier:  # nothing new: say what became of the unfinished ones
+                    last = earlier[-1]
+                    last.earlier = earlier[:-1]
+                    return last
                 return ForwardOutcome(
                     NOTHING_NEW,
                     "nothing new to forward"
@@ -903,14 +913,9 @@ def forward_now(
                 changes.update(source="dir", source_path=str(from_dir.resolve()))
             if changes:
                 d = store.update(d, now, "delivery.adopted", {"by": "cli"}, **changes)
-        start = (d.state, d.version)
-        d = forwarder.advance(d, by_hand=True)
-        steps = [
-            e["kind"].removeprefix("delivery.")
-            for e in runtime.store.events("delivery", d.id)
-            if e["kind"].endswith("_done")
-        ]
-        return _outcome(d, moved=(d.state, d.version) != start, steps=steps)
+        outcome = _outcome(runtime, forwarder.advance(d, by_hand=True))
+        outcome.earlier = earlier
+        return outcome
 
 
 def _has_something(runtime: Runtime, agreement: Agreement, forwarder: Forwarder) -> bool:
@@ -923,7 +928,12 @@ def _has_something(runtime: Runtime, agreement: Agreement, forwarder: Forwarder)
     return look.ready
 
 
-def _outcome(d: Delivery, *, moved: bool, steps: list[str]) -> ForwardOutcome:
+def _outcome(runtime: Runtime, d: Delivery) -> ForwardOutcome:
+    steps = [
+        e["kind"].removeprefix("delivery.")
+        for e in runtime.store.events("delivery", d.id)
+        if e["kind"].endswith("_done")
+    ]
     if d.state == D.FAILED:
         return ForwardOutcome(FAILED, f"delivery #{d.id} failed: {d.last_error}", d, steps)
     if d.state == D.BLOCKED:
