@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from seftpilot.adapters.clock import FakeClock
 from seftpilot.adapters.cohort_files import build_cohort, validate_file
@@ -56,7 +56,8 @@ DEMO_LIMIT = timedelta(days=6)
 FINISHED_DELIVERY = frozenset({"announced", "cleaned"})
 
 Echo = Callable[[str, str], None]
-"""``echo(kind, text)``: kind is ``step`` (a heading), ``event`` or ``result``."""
+"""``echo(kind, text)``: kind is ``step`` (a heading), ``event``, ``result``, or for a line
+of the simulated timeline who acted: ``nhs``, ``service``, ``mail`` or ``fault``."""
 
 
 def write_study_export(path: Path, rows: int, *, seed: int = 7) -> Path:
@@ -70,7 +71,12 @@ def write_study_export(path: Path, rows: int, *, seed: int = 7) -> Path:
     return path
 
 
-def apply_plan(runtime: Runtime, agreement: Agreement, target: Path, strategy: str = "diff") -> int:
+def apply_plan(
+    runtime: Runtime,
+    agreement: Agreement,
+    target: Path,
+    strategy: Literal["diff", "replace"] = "diff",
+) -> int:
     """``seftpilot plan TARGET --strategy S --apply`` on the runtime's clock; the campaign id."""
     from seftpilot.cli.plan import read_target_refs, stream_target_rows
 
@@ -228,7 +234,7 @@ def _run(
     echo("step", "Running the service and NHS England on one clock (15-minute steps)")
 
     def show(at: datetime, who: str, line: str) -> None:
-        echo("event", f"{at:%a %d %b %H:%M}  {who:<7} {line}")
+        echo(who, f"{at:%a %d %b %H:%M}  {line}")
 
     with Driver(sandbox, runtime, report=report or show) as driver:
         driver.tick()
