@@ -409,6 +409,9 @@ class Forwarder:
     # -- collect --------------------------------------------------------------------------
     def _collect(self, d: Delivery, *, by_hand: bool) -> Delivery:
         agreement = self._agreement(d)
+        # Refuse before touching the files: a delivery that cannot reach the partner
+        # must not move them out of the drop folder.
+        check_config(self.runtime, agreement)
         now = self.now()
         if d.source == "sftp":
             with SftpClient(collect.download_endpoint(agreement)) as client:
@@ -1168,3 +1171,8 @@ class ForwardJob:
             if after.state != before[0]:
                 moved = True
         return moved
+
+
+def jobs(runtime: Runtime) -> list[ForwardJob]:
+    """The watcher jobs of this capability (``service.assemble`` collects them)."""
+    return [ForwardJob(runtime)]
