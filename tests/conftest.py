@@ -17,6 +17,31 @@ pytest_plugins = [
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked slow (long reliability and load runs); so does "
+        "SEFTPILOT_SLOW=1 or a -m expression naming slow",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` are skipped unless asked for, so `uv run pytest` stays fast."""
+    wanted = (
+        config.getoption("--run-slow")
+        or os.environ.get("SEFTPILOT_SLOW") == "1"
+        or "slow" in (config.getoption("markexpr", default="") or "")
+    )
+    if wanted:
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow, SEFTPILOT_SLOW=1 or -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_retry_waits() -> None:
     """Retries happen at once in tests (the stamina habit): behaviour, not waiting."""

@@ -1,0 +1,1 @@
+"""load tests (issue 8): see docs/RELIABILITY.md."""

@@ -1,0 +1,1 @@
+"""security tests (issue 8): see docs/RELIABILITY.md."""
