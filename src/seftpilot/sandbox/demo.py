@@ -312,6 +312,7 @@ def summarise(runtime: Runtime, sandbox: Sandbox, problems: list[str]) -> dict[s
             ],
             "mails_sent": [m.subject for m in sandbox.simulator.sent if m.delivered],
             "files_placed": len(placed),
+            "returned_files": placed,
         },
         "partner_drop": str(sandbox.partner.root),
         "believed_pool": len(ledger.pool(runtime.settings.agreement_for(None).nic)),

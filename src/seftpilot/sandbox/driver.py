@@ -95,22 +95,6 @@ def _deliveries(runtime: Runtime) -> list[Delivery]:
     return DeliveryStore(runtime.store).list_deliveries() if tables else []
 
 
-def service_jobs(runtime: Runtime) -> list[Job]:
-    """The service's timers, as ``seftpilot watch`` runs them (``build_jobs``)."""
-    from seftpilot.service import forward
-
-    if hasattr(forward, "jobs"):
-        return build_jobs(runtime)
-    # forward's first cut has a ForwardJob but no ``jobs()`` yet: the same order by hand.
-    from seftpilot.service import monitor
-    from seftpilot.service.submit import SubmitJob
-    from seftpilot.service.verdicts import VerdictJob
-
-    out: list[Job] = [SubmitJob(runtime, a) for a in runtime.settings.agreement]
-    out += [VerdictJob(runtime), forward.ForwardJob(runtime)]
-    return out + monitor.jobs(runtime)
-
-
 class Driver:
     """Steps the sandbox and the service together (module docstring)."""
 
@@ -131,7 +115,7 @@ class Driver:
         self.step_size = step
         self.report = report or (lambda _at, _who, _line: None)
         self.intake = build_intake(runtime, build_dispatcher(runtime))
-        self.jobs = jobs if jobs is not None else service_jobs(runtime)
+        self.jobs = jobs if jobs is not None else build_jobs(runtime)
         self.watcher = Watcher(clock=self.clock, jobs=self.jobs)
         self.observer = Observer(runtime, sandbox)
         self.lock = MailboxLock(runtime.settings.state_dir, self.intake.account, self.intake.folder)
