@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from imapclient import IMAPClient
@@ -174,6 +174,7 @@ class FolderState:
     uidnext: int | None
     exists: int
     permanent_flags: frozenset[str]
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -345,10 +346,13 @@ class ImapMailbox:
         return self.settings.idle and self.has("IDLE")
 
     # -- reading ---------------------------------------------------------------
-    def select(self, folder: str | None = None) -> FolderState:
+    def select(self, folder: str | None = None, *, readonly: bool = False) -> FolderState:
+        """SELECT ``folder``; with ``readonly``, EXAMINE it instead: the server then
+        changes nothing in it for this session (no flag, no \\Recent claimed, no expunge).
+        """
         name = folder or self.settings.folder
         with self._boundary():
-            info = self.client.select_folder(name)
+            info = self.client.select_folder(name, readonly=readonly)
         uidvalidity = info.get(b"UIDVALIDITY")
         if uidvalidity is None:
             raise PermanentError(
@@ -363,6 +367,8 @@ class ImapMailbox:
             uidnext=int(uidnext) if uidnext is not None else None,
             exists=int(info.get(b"EXISTS", 0)),
             permanent_flags=flags,
+            # What the server said ([READ-ONLY] / [READ-WRITE] response codes).
+            read_only=b"READ-ONLY" in info or (readonly and b"READ-WRITE" not in info),
         )
         return self._folder
 
@@ -372,6 +378,14 @@ class ImapMailbox:
             # "n:*" always includes the highest UID, even below n: filter it out.
             found = self.client.search(["UID", f"{last_uid + 1}:*"])
         return sorted(int(u) for u in found if int(u) > last_uid)
+
+    def search_uids(self, since: date | None = None) -> list[int]:
+        """UIDs in the selected folder, ascending; with ``since``, only messages whose
+        internal date is on or after that day (IMAP SEARCH SINCE, day granularity)."""
+        criteria: list[Any] = ["SINCE", since] if since is not None else ["ALL"]
+        with self._boundary():
+            found = self.client.search(criteria)
+        return sorted(int(u) for u in found)
 
     def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """The messages ``uids`` in ascending order, fetched in batches, none marked seen.
@@ -455,6 +469,12 @@ class ImapMailbox:
         mode = self.settings.after_handling
         if mode == "none":
             return None
+        if self._folder is not None and self._folder.read_only:
+            # Opened with EXAMINE (e.g. `rules test --mailbox`): changing it is a bug.
+            raise PermanentError(
+                f"{self._folder.name} is open read-only; refusing to {mode} uid {uid}",
+                server=self.server,
+            )
         if mode == "flag":
             flag = self._usable_flag()
             with self._boundary():

@@ -3,8 +3,8 @@
 Owns how rules are found for a command (``--rules`` paths, else the settings' ``rules``
 read relative to the settings file, else ./rules, else the packaged defaults, said out
 loud) and how classifications are shown. Must not hold classification logic
-(``core.rules``) or read mail from a server: ``rules test --mailbox`` (live mailbox, no
-side effects) belongs to the IMAP intake and plugs in at ``_messages_from_mailbox``.
+(``core.rules``) or read mail from a server itself: ``rules test --mailbox`` (the live
+mailbox, no side effects) calls ``service.intake.preview_mailbox`` and only renders.
 
 Exit codes: 0 fine; 1 a rules file is broken (the message names file:line and rule) or
 ``rules check`` found lint problems; 2 usage or settings errors.
@@ -12,10 +12,12 @@ Exit codes: 0 fine; 1 a rules file is broken (the message names file:line and ru
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from seftpilot.adapters.mailparse import parse_message
 from seftpilot.adapters.rules_files import (
@@ -31,6 +33,9 @@ from seftpilot.core.rules import Classification, RuleSet, classify
 from seftpilot.core.rules_model import json_schema
 from seftpilot.errors import RulesError
 
+if TYPE_CHECKING:
+    from seftpilot.service.intake import PreviewItem
+
 RulesOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -40,6 +45,10 @@ RulesOpt = Annotated[
         show_default=False,
     ),
 ]
+
+# `rules test --mailbox` shows the newest messages by default: a live mailbox may hold
+# thousands, and an operator trying a rule wants the recent ones first.
+DEFAULT_MAILBOX_LIMIT = 50
 
 rules_app = typer.Typer(
     name="rules",
@@ -129,11 +138,11 @@ def _classify_files(
 
 
 def _result_dict(
-    path: Path, message: Message, result: Classification, explain: bool
+    file: str, message: Message, result: Classification, explain: bool
 ) -> dict[str, Any]:
     """DESIGN.md's contract: file, rule, class, action, captures (more with --explain)."""
     item: dict[str, Any] = {
-        "file": str(path),
+        "file": file,
         "rule": result.rule,
         "class": result.class_,
         "action": result.action,
@@ -190,14 +199,41 @@ def schema_cmd() -> None:
 @rules_app.command("test")
 def test_cmd(
     files: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="Messages to classify (.eml, raw RFC 5322).",
             exists=True,
             dir_okay=False,
             readable=True,
+            show_default=False,
         ),
-    ],
+    ] = None,
+    *,
+    mailbox: Annotated[
+        bool,
+        typer.Option(
+            "--mailbox",
+            help="Classify the live configured mailbox instead of files, changing nothing "
+            "(read-only EXAMINE, BODY.PEEK, no ledger writes, no flags or moves).",
+        ),
+    ] = False,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=0,
+            help="With --mailbox: the newest N messages (0 = all).",
+        ),
+    ] = DEFAULT_MAILBOX_LIMIT,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            formats=["%Y-%m-%d"],
+            help="With --mailbox: only messages the server received on or after this day.",
+            show_default=False,
+        ),
+    ] = None,
     explain: Annotated[
         bool, typer.Option("--explain", help="Show the conditions that held and near misses.")
     ] = False,
@@ -205,18 +241,81 @@ def test_cmd(
     rules: RulesOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Classify message files offline: matched rule, class, action, captures."""
-    # `--mailbox` (classify the live mailbox without side effects) is the IMAP intake's
-    # to add: fetch raw bytes, then feed them through the same classify/render path.
+    """Classify message files offline, or the live mailbox with --mailbox: matched rule,
+    class, action, captures."""
+    if mailbox and files:
+        raise typer.BadParameter("give message files or --mailbox, not both", param_hint="FILES")
+    if not mailbox and not files:
+        raise typer.BadParameter(
+            "give message files to classify, or --mailbox for the live mailbox",
+            param_hint="FILES",
+        )
+    if not mailbox and since is not None:
+        raise typer.BadParameter("--since goes with --mailbox", param_hint="--since")
     paths, source = resolve_rules_paths(config, rules)
     _note(source)
     ruleset = load_rules(paths)
+    if mailbox:
+        _test_mailbox(
+            config,
+            ruleset=ruleset,
+            limit=limit,
+            since=since.date() if since else None,
+            explain=explain,
+            json_out=json_out,
+        )
+        return
+    assert files is not None
     results = _classify_files(files, ruleset, explain)
     if json_out:
-        emit_json([_result_dict(p, m, r, explain) for p, m, r in results])
+        emit_json([_result_dict(str(p), m, r, explain) for p, m, r in results])
         return
     for path, message, result in results:
         _render(str(path), result, message.defects, explain)
+
+
+def _test_mailbox(
+    config: Path | None,
+    *,
+    ruleset: RuleSet,
+    limit: int,
+    since: date | None,
+    explain: bool,
+    json_out: bool,
+) -> None:
+    """``rules test --mailbox``: the live folder, read-only (service.intake.preview_mailbox)."""
+    # Imported here: the IMAP stack is not needed by `rules check` / offline `rules test`.
+    from seftpilot.service.intake import preview_mailbox
+
+    cfg = settings(config)
+    preview = preview_mailbox(cfg, ruleset, limit=limit or None, since=since, explain=explain)
+    imap = cfg.imap
+    shown = len(preview.items)
+    _note(
+        f"{imap.username or 'anonymous'}@{imap.host}:{imap.port} {preview.folder} "
+        f"(read-only): {shown} of {preview.total} message(s)"
+        + (f" received since {since.isoformat()}" if since else "")
+        + (f"; the newest {shown} shown, use --limit 0 for all" if shown < preview.total else "")
+    )
+    if json_out:
+        emit_json([_mailbox_dict(item, explain) for item in preview.items])
+        return
+    for item in preview.items:
+        m = item.message
+        sender = f"{m.from_name} <{m.from_addr}>" if m.from_name else m.from_addr
+        console.print(
+            f"[dim]uid {item.uid}[/] from {escape(sender or '(no sender)')}: "
+            f"{escape(repr(m.subject))}",
+            markup=True,
+        )
+        _render(item.ref, item.classification, m.defects, explain)
+
+
+def _mailbox_dict(item: PreviewItem, explain: bool) -> dict[str, Any]:
+    """The files contract (``file`` = ``imap:<folder>/<uid>``) plus uid, from, subject."""
+    out = _result_dict(item.ref, item.message, item.classification, explain)
+    out.update(uid=item.uid, **{"from": item.message.from_addr}, subject=item.message.subject)
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,9 @@ cycle. After any drop it reconnects with tenacity (exponential backoff with jitt
 waiting again. It honours ``stop`` within about a second. SIGTERM handling and the CLI
 belong to the watcher; ``run_intake(settings, stop)`` is its entry point.
 
+``preview_mailbox`` is ``rules test --mailbox``: the same parse + classify over the live
+folder with no side effects at all (EXAMINE, BODY.PEEK, no ledger, no lock, no flag/move).
+
 Must not: act on a classification itself (that is ``on_message``'s job), flag or move a
 message before it is handled, or swallow an authentication/TLS error (those stop the loop).
 """
@@ -27,6 +30,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from tenacity import (
@@ -99,6 +103,14 @@ class CatchUpReport:
     renumbered_from: list[int] = field(default_factory=list)
 
 
+def open_mailbox(settings: Settings, clock: Clock) -> ImapMailbox:
+    """The configured mailbox (OAuth2 token source included when ``imap.auth`` says so)."""
+    provider = None
+    if settings.imap.auth == "xoauth2":
+        provider = OAuthTokenProvider(settings.imap.oauth, now=clock.now)
+    return ImapMailbox(settings.imap, token_provider=provider)
+
+
 def _ignore(record: MailRecord, message: Message, classification: Classification) -> None:
     """The default hook: the record and classification are already in the ledger."""
 
@@ -129,12 +141,7 @@ class MailIntake:
         self.parse = parse
         self.account = account_name(settings.imap)
         self.folder = settings.imap.folder
-        if mailbox is None:
-            provider = None
-            if settings.imap.auth == "xoauth2":
-                provider = OAuthTokenProvider(settings.imap.oauth, now=clock.now)
-            mailbox = ImapMailbox(settings.imap, token_provider=provider)
-        self.mailbox = mailbox
+        self.mailbox = mailbox if mailbox is not None else open_mailbox(settings, clock)
 
     # -- one pass ----------------------------------------------------------------
     def catch_up(
@@ -371,6 +378,82 @@ class _StopWhenSet(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return self.event.is_set()
+
+
+@dataclass(frozen=True)
+class PreviewItem:
+    """One message of the live folder as the rules see it (``rules test --mailbox``)."""
+
+    folder: str
+    uid: int
+    internal_date: datetime | None
+    message: Message
+    classification: Classification
+
+    @property
+    def ref(self) -> str:
+        """How ``rules test --json`` names it: ``imap:<folder>/<uid>``."""
+        return f"imap:{self.folder}/{self.uid}"
+
+
+@dataclass(frozen=True)
+class Preview:
+    folder: str
+    uidvalidity: int
+    total: int  # messages that met --since, before --limit
+    items: tuple[PreviewItem, ...]
+
+
+def preview_mailbox(
+    settings: Settings,
+    ruleset: RuleSet,
+    *,
+    limit: int | None = None,
+    since: date | None = None,
+    explain: bool = False,
+    clock: Clock | None = None,
+    mailbox: ImapMailbox | None = None,
+) -> Preview:
+    """Classify the newest ``limit`` messages (received ``since`` that day) of the
+    configured folder, changing nothing anywhere.
+
+    The folder is opened with EXAMINE (read-only: the server keeps every flag, \\Seen
+    and \\Recent included), bodies are read with BODY.PEEK[], and neither the ledger nor
+    the mailbox lock is touched, so it can run beside a live ``seftpilot watch``. The only
+    write it can cause is the one any login causes: a rotated OAuth2 refresh token is
+    saved, because losing it would lock the service out.
+    """
+    box = mailbox if mailbox is not None else open_mailbox(settings, clock or SystemClock())
+    folder_name = settings.imap.folder
+    try:
+        if not box.connected:
+            box.connect()
+        folder = box.select(folder_name, readonly=True)
+        if not folder.read_only:  # pragma: no cover - EXAMINE is read-only by definition
+            raise PermanentError(
+                f"the server opened {folder_name} read-write for EXAMINE; not reading it",
+                server=box.server,
+            )
+        uids = box.search_uids(since)
+        chosen = uids[-limit:] if limit else uids
+        items = []
+        for fetched in box.fetch(chosen):
+            message = parse_message(fetched.raw)
+            items.append(
+                PreviewItem(
+                    folder=folder_name,
+                    uid=fetched.uid,
+                    internal_date=fetched.internal_date,
+                    message=message,
+                    classification=classify(message, ruleset, explain=explain),
+                )
+            )
+    finally:
+        if mailbox is None:
+            box.close()
+    return Preview(
+        folder=folder_name, uidvalidity=folder.uidvalidity, total=len(uids), items=tuple(items)
+    )
 
 
 def run_intake(
