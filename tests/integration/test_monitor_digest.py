@@ -150,11 +150,11 @@ def test_digest_of_a_scripted_week_has_what_a_reader_needs(
     assert "Fri 06 Mar 10:00: upload of submission" in text  # inside today's window
     assert f"the operator decides on submission #{delete}" in text
     assert "next digest" in text
-    # Mail, alerts, heartbeat, canary, deliveries (no table yet: said so, no crash).
+    # Mail, alerts, heartbeat, canary, deliveries (none yet in this week).
     assert "[new_data] enquiries@nhsdigital.nhs.uk: There is <b>new</b> data" in text
     assert "OPEN (high)" in text and "state disk 91% full" in text
     assert "1 sent, 1 arrived, 0 lost" in text
-    assert "forwarding has not recorded any delivery yet" in text
+    assert "DELIVERIES TO THE PARTNER\n  none" in text
     assert "last listening cycle: Fri 06 Mar 09:50" in text
     # HTML: the same facts, mail text escaped, never markup.
     assert "There is &lt;b&gt;new&lt;/b&gt; data" in html and "<b>new</b>" not in html
