@@ -12,16 +12,14 @@ generic alert handler here, so no mail is silently dropped.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-from typing import Any
 
 from seftpilot.adapters.locks import MailboxLock
 from seftpilot.adapters.mail_store import MailRecord
 from seftpilot.core.message import Message
 from seftpilot.core.rules import Classification
-from seftpilot.service import alerts, monitor, submission_mail
+from seftpilot.service import alerts, forward, monitor, submission_mail
 from seftpilot.service.dispatch import ANY, Dispatcher
 from seftpilot.service.intake import MailIntake
 from seftpilot.service.runtime import Runtime
@@ -77,23 +75,11 @@ def _abandoned_handler(runtime: Runtime) -> object:
     return on_abandoned
 
 
-def _optional(module: str) -> Any:
-    """A capability module that may not be part of this build yet."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
-
-
 def build_dispatcher(runtime: Runtime) -> Dispatcher:
     dispatcher = Dispatcher()
     submission_mail.register_handlers(dispatcher, runtime)
     monitor.register_handlers(dispatcher, runtime)
-    forward = _optional("seftpilot.service.forward")
-    if forward is not None:
-        forward.register_handlers(dispatcher, runtime)
+    forward.register_handlers(dispatcher, runtime)
     dispatcher.on(ANY, _alert_handler(runtime))  # type: ignore[arg-type]
     return dispatcher
 
@@ -101,9 +87,7 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
 def build_jobs(runtime: Runtime) -> list[Job]:
     jobs: list[Job] = [SubmitJob(runtime, agreement) for agreement in runtime.settings.agreement]
     jobs.append(VerdictJob(runtime))
-    forward = _optional("seftpilot.service.forward")
-    if forward is not None:
-        jobs.extend(forward.jobs(runtime))
+    jobs.extend(forward.jobs(runtime))
     jobs.extend(monitor.jobs(runtime))  # last: releases first-pass alerts as one summary
     return jobs
 
