@@ -161,3 +161,20 @@ def test_killed_mid_delivery_resumes_without_sending_twice(tmp_path: Path, crash
                 if "restart" in f.subject or "ALERT" in f.subject
             ]
             assert any("passphrase mail may or may not have gone" in t for t in texts), texts
+
+
+def test_dropped_connections_are_survived(tmp_path: Path) -> None:
+    export, refs = write_export(tmp_path / "export.csv", 10, seed=61)
+    with scenario(tmp_path) as world:
+        apply_plan(world.runtime, world.agreement, export)
+        cut = 0
+        while not world.decided(1):
+            world.driver.step()
+            if world.driver.steps % 9 == 0:  # every 2h15 of simulated time
+                cut += world.sandbox.drop_connections()
+            assert world.driver.steps < 400, "\n".join(world.lines)
+        # The mailbox reconnected each time and caught up; the gaps stayed short, so the
+        # silence still counts as listened to.
+        assert cut > 0 and world.driver.mail_errors > 0
+        assert world.submissions()[0].verdict == "presumed_success"
+        assert set(world.runtime.ledger.pool(DEFAULT_NIC)) == set(refs)

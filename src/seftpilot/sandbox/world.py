@@ -221,6 +221,12 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def drop_connections(self) -> int:
+        """Reset every client connection to every server at once (a NAT timeout, a
+        restart on the far side); returns how many were cut."""
+        servers = (self.seft_upload, self.seft_download, self.partner)
+        return self.imap.drop_connections() + sum(s.drop_connections() for s in servers)
+
     # -- NHS England's outgoing mail -----------------------------------------------------------
     def send_as_nhs(self, raw: bytes) -> None:
         with smtplib.SMTP(LOOPBACK, self.smtp.port, timeout=10) as client:
