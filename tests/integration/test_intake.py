@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from seftpilot.adapters.clock import SystemClock
+from seftpilot.adapters.imap import ImapMailbox
 from seftpilot.adapters.mail_store import MailRecord, MailStore
 from seftpilot.adapters.rules_files import load_rules
 from seftpilot.adapters.store import Store
@@ -338,3 +339,42 @@ def test_a_second_watcher_on_the_same_mailbox_is_refused(
     stop = threading.Event()
     stop.set()
     MailIntake(settings, store, ruleset, SystemClock(), Recorder(store)).run(stop)
+
+
+def test_a_batch_is_recorded_before_handling_and_a_stop_mid_batch_loses_nothing(
+    tmp_path: Path, imap_server: ImapTestServer, store: Store, ruleset: RuleSet
+) -> None:
+    for n in range(6):
+        imap_server.append(make_message(n, subject=f"Notice {n}"))
+    uids = imap_server.folder_uids()
+    stop = threading.Event()
+    calls: list[int] = []
+    ledger_states: list[list[str]] = []
+
+    def hook(record: MailRecord, message: Message, c: Classification) -> None:
+        # When the first message is handled, the whole fetch batch is already in the
+        # ledger as `received`, and nothing after the message in hand is handled.
+        rows = store.query("SELECT state FROM mail_messages ORDER BY uid")
+        ledger_states.append([r["state"] for r in rows])
+        calls.append(record.uid)
+        if len(calls) == 2:
+            stop.set()  # SIGTERM while the batch is being handled
+
+    settings = settings_for(tmp_path, imap_server)
+    mailbox = ImapMailbox(settings.imap, fetch_batch=4)
+    intake = MailIntake(settings, store, ruleset, SystemClock(), hook, mailbox=mailbox)
+    first = intake.catch_up(stop)
+    assert calls == uids[:2] and first.last_uid == uids[1]
+    assert ledger_states[0] == ["received"] * 4  # batch one: 4 rows, before any handling
+    mail = MailStore(store)
+    assert mail.checkpoint(intake.account, "INBOX", first.uidvalidity) == uids[1]
+    assert [r.state for r in mail.messages(intake.account)] == ["handled"] * 2 + ["received"] * 2
+
+    # The next pass (after a restart, say) handles the rest, each message exactly once.
+    stop.clear()
+    second = intake.catch_up(stop)
+    intake.close()
+    assert calls == uids
+    assert second.handled == 4
+    assert [r.state for r in mail.messages(intake.account)] == ["handled"] * 6
+    assert mail.checkpoint(intake.account, "INBOX", first.uidvalidity) == uids[-1]

@@ -46,6 +46,8 @@ from seftpilot.errors import (
 log = logging.getLogger(__name__)
 
 FETCH_ITEMS = [b"BODY.PEEK[]", b"RFC822.SIZE", b"INTERNALDATE"]
+# Messages per UID FETCH round trip during a catch-up (and per ledger transaction).
+DEFAULT_FETCH_BATCH = 250
 # How often an IDLE wait looks at the stop event: short, so SIGTERM is honoured promptly.
 IDLE_CHECK_SECONDS = 1.0
 # imaplib's NO responses that mean "later", not "never" (RFC 5530 response codes).
@@ -200,7 +202,7 @@ class ImapMailbox:
         settings: ImapSettings,
         *,
         token_provider: Callable[[], str] | None = None,
-        fetch_batch: int = 250,
+        fetch_batch: int = DEFAULT_FETCH_BATCH,
     ) -> None:
         self.settings = settings
         self.server = f"{settings.host}:{settings.port}"
@@ -392,23 +394,34 @@ class ImapMailbox:
 
         A UID expunged meanwhile is skipped (the server no longer has it).
         """
+        for batch in self.fetch_batches(uids):
+            yield from batch
+
+    def fetch_batches(self, uids: Sequence[int]) -> Iterator[list[FetchedMessage]]:
+        """``fetch``, one list per server round trip (``fetch_batch`` messages each), so a
+        caller can record a whole batch in one ledger transaction."""
         ordered = sorted(uids)
         for start in range(0, len(ordered), self._fetch_batch):
             batch = ordered[start : start + self._fetch_batch]
             with self._boundary():
                 response = self.client.fetch(batch, FETCH_ITEMS)
+            out: list[FetchedMessage] = []
             for uid in batch:
                 item = response.get(uid)
                 if item is None:
                     continue
                 raw = item.get(b"BODY[]") or b""
                 when = item.get(b"INTERNALDATE")
-                yield FetchedMessage(
-                    uid=uid,
-                    raw=bytes(raw),
-                    size=int(item.get(b"RFC822.SIZE", len(raw))),
-                    internal_date=_utc(when) if isinstance(when, datetime) else None,
+                out.append(
+                    FetchedMessage(
+                        uid=uid,
+                        # imapclient hands out bytes already; no copy unless it did not.
+                        raw=raw if type(raw) is bytes else bytes(raw),
+                        size=int(item.get(b"RFC822.SIZE", len(raw))),
+                        internal_date=_utc(when) if isinstance(when, datetime) else None,
+                    )
                 )
+            yield out
 
     # -- waiting ---------------------------------------------------------------
     def wait(self, stop: threading.Event) -> WaitResult:
@@ -554,6 +567,7 @@ def _is_bye(response: Any) -> bool:
 
 __all__ = [
     "CAUGHT",
+    "DEFAULT_FETCH_BATCH",
     "EXCEPTION_MAP",
     "FetchedMessage",
     "FolderState",

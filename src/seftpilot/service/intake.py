@@ -3,8 +3,12 @@
 Wires ``adapters.imap`` (the server), ``adapters.mailparse`` + ``core.rules`` (meaning) and
 ``adapters.mail_store`` (the record). For every message above the checkpoint, in UID order:
 
-    fetch -> parse -> classify -> record ``received`` -> on_message(record, message, class)
+    fetch a batch -> parse + classify each -> record the batch ``received`` (one
+    transaction) -> per message: on_message(record, message, class)
           -> ``handled`` + checkpoint (one transaction) -> flag/move if configured
+
+Every row is in the ledger before its ``on_message`` runs; a message is never marked
+handled, nor the checkpoint moved past it, before its own ``on_message`` returned.
 
 A message whose ``on_message`` raises is marked ``failed`` (attempts + 1) and the checkpoint
 moves past it, so one poison message cannot stop the mailbox; it is retried on later cycles
@@ -47,7 +51,13 @@ from tenacity.stop import stop_base
 from seftpilot.adapters.clock import Clock, SystemClock
 from seftpilot.adapters.imap import FetchedMessage, ImapMailbox
 from seftpilot.adapters.locks import MailboxLock
-from seftpilot.adapters.mail_store import ListeningKind, MailRecord, MailStore, dedupe_key
+from seftpilot.adapters.mail_store import (
+    ListeningKind,
+    MailRecord,
+    MailStore,
+    NewMail,
+    dedupe_key,
+)
 from seftpilot.adapters.mailparse import parse_message
 from seftpilot.adapters.oauth import OAuthTokenProvider
 from seftpilot.adapters.store import Store
@@ -111,6 +121,17 @@ def open_mailbox(settings: Settings, clock: Clock) -> ImapMailbox:
     return ImapMailbox(settings.imap, token_provider=provider)
 
 
+@dataclass
+class _Item:
+    """One fetched message on its way through a batch; no classification (and no
+    record) when it was already handled under an earlier UIDVALIDITY."""
+
+    fetched: FetchedMessage
+    message: Message
+    classification: Classification | None
+    record: MailRecord | None = None
+
+
 def _ignore(record: MailRecord, message: Message, classification: Classification) -> None:
     """The default hook: the record and classification are already in the ledger."""
 
@@ -172,60 +193,86 @@ class MailIntake:
         # Only after a renumbering can a message come back under a new UID.
         others = any(v != uv for v in self.mail.uidvalidities(self.account, self.folder))
         attempted: set[int] = set()
-        for fetched in self.mailbox.fetch(self.mailbox.uids_above(last)):
-            attempted.add(fetched.uid)
-            self._process(fetched, uv, dedupe=others, report=report)
-            report.last_uid = fetched.uid
-            if stop is not None and stop.is_set():
-                return report  # the message in hand is finished; the rest waits
+        for batch in self.mailbox.fetch_batches(self.mailbox.uids_above(last)):
+            # The whole batch is parsed, classified and recorded as `received` in one
+            # transaction, then handled message by message in UID order.
+            for item in self._record_batch(batch, uv, dedupe=others, report=report):
+                attempted.add(item.fetched.uid)
+                self._process(item, uv, report)
+                report.last_uid = item.fetched.uid
+                if stop is not None and stop.is_set():
+                    # The message in hand is finished; the rest of the batch is in the
+                    # ledger as `received` and is handled on the next pass.
+                    return report
         self._retry_failed(uv, attempted, report)
         self.mail.record_listening(self.account, self.folder, self.clock.now(), kind)
         return report
 
-    def _process(
-        self, fetched: FetchedMessage, uv: int, *, dedupe: bool, report: CatchUpReport
-    ) -> None:
-        report.fetched += 1
-        message = self.parse(fetched.raw)
-        key = dedupe_key(
-            message.message_id,
-            date=message.date,
-            from_addr=message.from_addr,
-            subject=message.subject,
-            size=fetched.size,
-        )
+    def _record_batch(
+        self, batch: list[FetchedMessage], uv: int, *, dedupe: bool, report: CatchUpReport
+    ) -> list[_Item]:
+        """Parse and classify ``batch``; record the new ones as ``received`` together."""
+        items: list[_Item] = []
+        pending: list[NewMail] = []
         now = self.clock.now()
-        if dedupe:
-            earlier = self.mail.seen_elsewhere(self.account, self.folder, key, uv)
-            if earlier is not None and earlier.state == "handled":
-                self.mail.advance(self.account, self.folder, uv, fetched.uid, now)
+        for fetched in batch:
+            report.fetched += 1
+            message = self.parse(fetched.raw)
+            key = dedupe_key(
+                message.message_id,
+                date=message.date,
+                from_addr=message.from_addr,
+                subject=message.subject,
+                size=fetched.size,
+            )
+            if dedupe:
+                earlier = self.mail.seen_elsewhere(self.account, self.folder, key, uv)
+                if earlier is not None and earlier.state == "handled":
+                    items.append(_Item(fetched, message, None))
+                    continue
+            classification = classify(message, self.ruleset)
+            items.append(_Item(fetched, message, classification))
+            pending.append(
+                NewMail(
+                    account=self.account,
+                    folder=self.folder,
+                    uidvalidity=uv,
+                    uid=fetched.uid,
+                    key=key,
+                    message_id=message.message_id,
+                    received_at=fetched.internal_date or now,
+                    sent_at=message.date,
+                    from_addr=message.from_addr,
+                    subject=message.subject,
+                    size=fetched.size,
+                    rule=classification.rule,
+                    class_=classification.class_,
+                    action=classification.action,
+                    captures=classification.captures,
+                    defects=message.defects,
+                )
+            )
+        records = iter(self.mail.record_received_many(pending, now))
+        for item in items:
+            if item.classification is not None:
+                item.record = next(records)
+            else:
                 report.duplicates += 1
-                return
-        classification = classify(message, self.ruleset)
-        record = self.mail.record_received(
-            account=self.account,
-            folder=self.folder,
-            uidvalidity=uv,
-            uid=fetched.uid,
-            key=key,
-            message_id=message.message_id,
-            received_at=fetched.internal_date or now,
-            sent_at=message.date,
-            from_addr=message.from_addr,
-            subject=message.subject,
-            size=fetched.size,
-            rule=classification.rule,
-            class_=classification.class_,
-            action=classification.action,
-            captures=classification.captures,
-            defects=message.defects,
-            now=now,
-        )
-        if record.state == "handled":
-            # Handled before a crash that came before the checkpoint moved.
-            self.mail.advance(self.account, self.folder, uv, fetched.uid, now)
+        return items
+
+    def _process(self, item: _Item, uv: int, report: CatchUpReport) -> None:
+        uid = item.fetched.uid
+        if item.record is None:
+            # Handled under an earlier UIDVALIDITY: only the checkpoint moves (in order,
+            # after every message before it in the batch).
+            self.mail.advance(self.account, self.folder, uv, uid, self.clock.now())
             return
-        self._handle(record, message, classification, report)
+        if item.record.state == "handled":
+            # Handled before a crash that came before the checkpoint moved.
+            self.mail.advance(self.account, self.folder, uv, uid, self.clock.now())
+            return
+        assert item.classification is not None
+        self._handle(item.record, item.message, item.classification, report)
 
     def _handle(
         self,
