@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from seftpilot.adapters.cohort_files import load_profile
 from seftpilot.core.cohort import CohortValidator, ValidationReport, render_rows, validate_bytes
-from seftpilot.core.cohort_profile import Profile, derive_profile_data, parse_profile
+from seftpilot.core.cohort_profile import FieldSpec, Profile, derive_profile_data, parse_profile
 from seftpilot.core.cohort_rules import diagnose_row
 from seftpilot.core.synthetic import synthetic_nhs_numbers
 
@@ -338,3 +338,104 @@ def test_any_chunking_gives_the_same_report(sizes: list[int]) -> None:
         chunks.append(data[pos : pos + size])
         pos += size
     assert validate_bytes(LEGACY, chunks).to_json() == whole.to_json()
+
+
+# Mostly valid rows with at most one thing wrong each: a block of such rows passes the
+# whole-block byte checks, so the relaxed block regex (free text as [^,], "the rest are
+# empty" runs of commas) is what decides, and must accept exactly what the rules accept.
+def _good(spec: FieldSpec) -> list[str]:
+    limit = spec.max_length or 50
+    return {
+        "reference": ["A1", "Z-9/1.2_3", "x" * limit],
+        "nhs_number": [NUMBERS[0], NUMBERS[1], NUMBERS[2], ""],
+        "gender": ["", "0", "1", "2", "9"],
+        "date": ["", "19800105", "20000229", "20991231", "18000101"],
+        "postcode": ["", "LS1 4AP", "A" * limit],
+        "status": ["ADD", "ADD", "DELETE"],
+    }.get(spec.kind, ["", "", "X", "O'NEIL", "1 HIGH ST", "A" * limit])
+
+
+def _bad(spec: FieldSpec) -> list[str]:
+    limit = spec.max_length or 50
+    odd = ["Zoë", "a\tb", 'O"N', "A\rB"]
+    return [
+        *{
+            "reference": ["", "A 1", "x" * (limit + 1), "ÄB"],
+            "nhs_number": ["9434765918", "943476591", "9.43E+09", "94347659190"],
+            "gender": ["3", "M", "00"],
+            "date": ["19000229", "20200431", "1980-01-05", "17991231", "21000101", "1980010"],
+            "postcode": ["A" * (limit + 1)],
+            "status": ["", "add", "REMOVE"],
+        }.get(spec.kind, ["A" * (limit + 1)] if spec.max_length else []),
+        *odd,
+    ]
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if '"' in value else value
+
+
+_row_values = st.tuples(*(st.sampled_from(_good(spec)) for spec in LEGACY.fields))
+_fault = st.none() | st.tuples(
+    st.integers(0, len(LEGACY.fields) - 1),
+    st.integers(0, 99),
+    st.sampled_from(["value", "value", "value", "extra column", "missing column"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_row_values, st.integers(0, len(LEGACY.fields)), _fault), min_size=1, max_size=15
+    )
+)
+def test_block_regex_accepts_exactly_what_the_rules_accept(
+    rows: list[tuple[tuple[str, ...], int, tuple[int, int, str] | None]],
+) -> None:
+    records = []
+    for values, filled, fault in rows:
+        # optional fields after ``filled`` left empty, as in most built files
+        fields = [
+            v if i < filled or spec.required else ""
+            for i, (v, spec) in enumerate(zip(values, LEGACY.fields, strict=True))
+        ]
+        if fault is not None:
+            column, pick, kind = fault
+            choices = _bad(LEGACY.fields[column])
+            if kind == "value":
+                fields[column] = choices[pick % len(choices)]
+            elif kind == "extra column":
+                fields.insert(column, "")
+            else:
+                del fields[column]
+        records.append(fields)
+    lines = [",".join(_quoted(v) for v in fields) for fields in records]
+    data = ("\r\n".join([",".join(LEGACY.header), *lines]) + "\r\n").encode("utf-8")
+    expected = set()
+    for i, fields in enumerate(records, start=1):
+        expected |= {(p.row, p.column, p.code) for p in diagnose_row(LEGACY, fields, i)}
+    # Fed whole, one faulty line sends its block down the slow path; fed a line at a
+    # time, every line is a block of its own and meets the block regex.
+    for chunks in ([data], data.splitlines(keepends=True)):
+        report = validate_bytes(LEGACY, chunks)
+        got = {
+            (p.row, p.column, p.code)
+            for p in report.problems
+            if p.row is not None
+            and p.code not in ("unique_reference_duplicate", "added_and_deleted", "mixed_status")
+        }
+        assert got == expected
+        assert report.rows == len(records)
+
+
+def test_a_block_mixing_actions_still_finds_duplicates_and_the_first_change() -> None:
+    rows = [row(i) for i in range(6)]
+    data = lines(LEGACY, rows[:3]) + b"".join(
+        lines(LEGACY, [r], "DELETE").split(b"\r\n", 1)[1] for r in [rows[3], rows[0], rows[4]]
+    )
+    report = check(data)
+    assert codes(report) == [
+        (5, "UNIQUE_REFERENCE", "added_and_deleted"),
+        (4, "STATUS", "mixed_status"),
+    ]
+    assert report.action is None

@@ -103,3 +103,24 @@ def test_synthetic_numbers_are_999_range_valid_and_reproducible() -> None:
     assert all(n.startswith("999") and nhs_number.is_valid(n) for n in numbers)
     assert numbers == synthetic_nhs_numbers(500, seed=3)
     assert numbers != synthetic_nhs_numbers(500, seed=4)
+
+
+@given(st.lists(ten_digits, max_size=60))
+def test_packed_check_agrees_with_the_one_by_one_tables(numbers: list[str]) -> None:
+    """The big-integer path (no Python step per number) against two table lookups each."""
+    packed = "".join(numbers).encode()
+    expected = nhs_number.invalid_positions_by_table(numbers)
+    assert nhs_number.invalid_packed(packed) == expected
+    assert expected == [i for i, n in enumerate(numbers) if not reference_valid(n)]
+
+
+def test_packed_check_on_a_large_batch_with_invalid_ones_at_the_edges() -> None:
+    numbers = synthetic_nhs_numbers(5000, seed=3)
+    numbers[0] = numbers[0][:9] + str((int(numbers[0][9]) + 1) % 10)
+    assert nhs_number.is_valid("9999999999")  # 9 x (1 + ... + 10) = 495 = 45 x 11
+    numbers[-2] = "9999999999"
+    numbers[-1] = "9999999998"
+    numbers[2500] = "0000000060"  # check digit would be 10
+    assert nhs_number.invalid_packed("".join(numbers).encode()) == [0, 2500, 4999]
+    with pytest.raises(ValueError, match="ten digits each"):
+        nhs_number.invalid_packed(b"123")

@@ -252,23 +252,45 @@ def _repeat(atom: bytes, low: int, high: int | None) -> bytes:
 
 
 @dataclass(frozen=True)
+class _LineRegex:
+    pattern: re.Pattern[bytes]
+    ref: int | None  # group numbers in findall's tuples (None: findall returns the ref itself)
+    nhs: int | None
+    status: int | None  # None: the status is not captured (counted per block instead)
+
+
+@dataclass(frozen=True)
 class _FastLine:
-    block: re.Pattern[bytes]  # findall over a block of CRLF lines
-    record: re.Pattern[bytes]  # fullmatch of one record without its line ending
+    block: _LineRegex  # findall over a vetted block of CRLF lines, one action per block
+    block_status: _LineRegex  # the same, capturing the status (blocks mixing actions)
+    record: re.Pattern[bytes]  # fullmatch of one record without its line ending (strict)
     ref: int
     nhs: int | None
     status: int
     nhs_header: str | None
+    # (status, b",STATUS\r\n") when the status is the last field: a block's action count
+    # is then one substring count per value instead of a captured group per line.
+    status_tails: tuple[tuple[str, bytes], ...] | None
 
 
-def _fast_line(profile: Profile) -> _FastLine:
-    """One regex accepting only rows ``diagnose_row`` accepts, capturing the three values
-    that need whole-file state or arithmetic: reference, NHS number, status."""
+def _line_body(
+    profile: Profile, *, relaxed: bool, capture_status: bool
+) -> tuple[bytes, dict[str, int]]:
+    """The regex of one valid record and its group numbers by field kind.
+
+    ``relaxed`` is for blocks already vetted as a whole (only printable ASCII without the
+    quote, one CR per line and right before its LF): there a free-text field can be
+    ``[^,]`` (a tight C loop) instead of a character class, and every run of two or more
+    optional, uncaptured fields first tries "all empty", a run of commas. Both give the
+    same language; in built files most of the 24 fields are empty, so the run of commas
+    saves the per-field cost that dominates the regex's time.
+    """
     must_fill = set(profile.sufficient_information[0]) if profile.sufficient_information else set()
     must_empty = {name for pair in profile.date_order for name in pair}
-    parts: list[bytes] = []
+    parts: list[tuple[bytes, bool]] = []  # (regex, may be empty and is not captured)
     groups: dict[str, int] = {}
     nhs_field = next((f for f in profile.fields if f.kind == "nhs_number"), None)
+    text = rb"[^,]" if relaxed else _TEXT
     for spec in profile.fields:
         low = 1 if (spec.required or spec.name in must_fill) else 0
         if spec.name in must_empty:
@@ -284,24 +306,86 @@ def _fast_line(profile: Profile) -> _FastLine:
         elif spec.kind == "date":
             part = rb"(?:" + _date_fragment(profile.date_format) + rb")" + (b"" if low else b"?")
         elif spec.kind == "status":
+            low = 1  # never empty: one of the values
             part = (
                 rb"(?:" + rb"|".join(re.escape(v.encode()) for v in profile.status_values) + rb")"
             )
         else:
-            part = _repeat(_TEXT, low, spec.max_length)
-        if spec.name == profile.unique_field or spec.kind == "status" or spec is nhs_field:
-            groups[spec.kind] = len(groups)
+            part = _repeat(text, low, spec.max_length)
+        captured = (
+            spec.name == profile.unique_field
+            or spec is nhs_field
+            or (spec.kind == "status" and capture_status)
+        )
+        if captured:
+            groups[spec.kind] = len(groups) + 1
             part = b"(" + part + b")"
-        parts.append(part)
-    body = b",".join(parts)
-    return _FastLine(
-        block=re.compile(rb"^" + body + rb"\r$", re.MULTILINE),
-        record=re.compile(body),
-        ref=groups["reference"],
-        nhs=groups.get("nhs_number"),
-        status=groups["status"],
-        nhs_header=nhs_field.header if nhs_field else None,
+        parts.append((part, not captured and low == 0))
+    body, i = parts[0][0], 1
+    while i < len(parts):
+        j = i
+        while j < len(parts) and parts[j][1]:
+            j += 1
+        if relaxed and j - i >= 2:
+            # (?:,{3}|,a(?:,{2}|,b(?:,{1}|,c))): at each field, "the rest are empty" first
+            run = b""
+            for k in range(j - 1, i - 1, -1):
+                run = b"," + parts[k][0] + run
+                if k < j - 1:
+                    run = b"(?:,{%d}|%s)" % (j - k, run)
+            body += run
+            i = j
+        else:
+            body += b"," + parts[i][0]
+            i += 1
+    return body, groups
+
+
+def _block_regex(profile: Profile, *, capture_status: bool) -> _LineRegex:
+    body, groups = _line_body(profile, relaxed=True, capture_status=capture_status)
+    pattern = re.compile(rb"^" + body + rb"\r$", re.MULTILINE)
+    if pattern.groups == 1:  # findall returns the captured values themselves
+        return _LineRegex(pattern, None, None, None)
+    return _LineRegex(
+        pattern,
+        groups["reference"] - 1,
+        groups["nhs_number"] - 1 if "nhs_number" in groups else None,
+        groups["status"] - 1 if "status" in groups else None,
     )
+
+
+def _fast_line(profile: Profile) -> _FastLine:
+    """Regexes accepting only rows ``diagnose_row`` accepts, capturing the values that
+    need whole-file state or arithmetic: reference, NHS number, status."""
+    body, groups = _line_body(profile, relaxed=False, capture_status=True)
+    nhs_field = next((f for f in profile.fields if f.kind == "nhs_number"), None)
+    countable = len(profile.fields) > 1 and profile.fields[-1].name == profile.status_field
+    return _FastLine(
+        block=_block_regex(profile, capture_status=not countable),
+        block_status=_block_regex(profile, capture_status=True),
+        record=re.compile(body),
+        ref=groups["reference"] - 1,
+        nhs=groups["nhs_number"] - 1 if "nhs_number" in groups else None,
+        status=groups["status"] - 1,
+        nhs_header=nhs_field.header if nhs_field else None,
+        status_tails=tuple((v, b"," + v.encode() + b"\r\n") for v in profile.status_values)
+        if countable
+        else None,
+    )
+
+
+def _split_record(text: str) -> list[str]:
+    """One record's values as csv reads them, without csv's refusals: a bare CR inside an
+    unquoted value (reported as a line break in the value, not a crash) and a value over
+    csv's field size limit (reported as too long)."""
+    try:
+        if "\r" not in text:
+            return next(csv.reader([text]), [])
+        mark = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
+        values = next(csv.reader([text.replace("\r", mark)]), [])
+        return [v.replace(mark, "\r") for v in values]
+    except csv.Error:
+        return text.split(",")
 
 
 def _nhs_problem(header: str | None, value: str, row: int) -> Problem:
@@ -441,41 +525,64 @@ class CohortValidator:
             if not block:
                 return
         n = block.count(b"\n")
+        # Vet the block as a whole (C loops over bytes): only printable ASCII without the
+        # quote, and as many CRs as LFs. With the regex demanding a CR at every line's end
+        # that leaves no stray CR, and lets the regex use its relaxed, faster form.
         if (
             self._quote_parts is None
             and block.count(b"\r") == n
-            and block.count(b"\r\n") == n
-            and block.isascii()
             and not block.translate(None, _CLEAN_BYTES)
         ):
-            matches = self._fast.block.findall(block)
-            if len(matches) == n:
-                self._fast_rows(matches, self.rows + 1)
-                self.rows += n
-                return
+            fast = self._fast
+            status: str | None = None
+            regex: _LineRegex | None = fast.block_status
+            if fast.status_tails is not None:
+                counts = [(value, block.count(tail)) for value, tail in fast.status_tails]
+                present = [value for value, count in counts if count]
+                if sum(count for _, count in counts) != n:
+                    regex = None  # a line without a valid status: diagnose line by line
+                elif len(present) == 1:
+                    status, regex = present[0], fast.block
+            if regex is not None:
+                matches = regex.pattern.findall(block)
+                if len(matches) == n:
+                    self._fast_rows(matches, regex, status, self.rows + 1)
+                    self.rows += n
+                    return
         self._slow(block)
 
-    def _fast_rows(self, matches: list[tuple[bytes, ...]], first_row: int) -> None:
+    def _fast_rows(
+        self, matches: list[Any], regex: _LineRegex, status: str | None, first_row: int
+    ) -> None:
+        """Rows the regex accepted: modulus 11 on their NHS numbers, their references and
+        actions into the file-wide state. ``status`` is the block's one action, or None
+        when the regex captured each row's."""
         fast = self._fast
         problems: list[Problem] = []
-        if fast.nhs is not None:
-            numbers = list(map(itemgetter(fast.nhs), matches))
-            if b"" in numbers:
+        if regex.nhs is not None:
+            numbers = list(map(itemgetter(regex.nhs), matches))
+            packed = b"".join(numbers)
+            if len(packed) == 10 * len(numbers):  # all present (each is empty or ten digits)
+                bad = nhs_number.invalid_packed(packed)
+            else:
                 idx = [i for i, v in enumerate(numbers) if v]
                 bad = [idx[j] for j in nhs_number.invalid_positions([numbers[i] for i in idx])]
-            else:
-                bad = nhs_number.invalid_positions(numbers)
             for i in bad:
                 problems.append(_nhs_problem(fast.nhs_header, numbers[i].decode(), first_row + i))
-        refs = list(map(itemgetter(fast.ref), matches))
-        statuses = list(map(itemgetter(fast.status), matches))
-        counts = Counter(statuses)
-        self._seen.count_statuses(counts, statuses, first_row)
-        if len(counts) == 1:
-            self._seen.add_batch(refs, statuses[0].decode(), first_row, problems)
+        refs = matches if regex.ref is None else list(map(itemgetter(regex.ref), matches))
+        if status is not None:
+            self._seen.count_statuses({status: len(refs)}, [status], first_row)
+            self._seen.add_batch(refs, status, first_row, problems)
         else:
-            for i, (ref, status) in enumerate(zip(refs, statuses, strict=True)):
-                self._seen.add_one(ref, status.decode(), first_row + i, problems)
+            assert regex.status is not None
+            statuses = list(map(itemgetter(regex.status), matches))
+            counts = Counter(statuses)
+            self._seen.count_statuses(counts, statuses, first_row)
+            if len(counts) == 1:
+                self._seen.add_batch(refs, statuses[0].decode(), first_row, problems)
+            else:
+                for i, (ref, raw) in enumerate(zip(refs, statuses, strict=True)):
+                    self._seen.add_one(ref, raw.decode(), first_row + i, problems)
         if problems:
             self.log.extend(problems)
 
@@ -528,7 +635,7 @@ class CohortValidator:
             text = record.decode("utf-8")
         except UnicodeDecodeError:
             text, undecodable = record.decode("utf-8", "replace"), True
-        values = next(csv.reader([text]), [])
+        values = _split_record(text)
         found = diagnose_row(self.profile, values, row)
         if undecodable:
             found = [
@@ -560,7 +667,7 @@ class CohortValidator:
             self._lf_first = 0
         expected = list(self.profile.header)
         text = line.decode("utf-8", "replace")
-        found = next(csv.reader([text]), [])
+        found = _split_record(text)
         if found == expected:
             if not line.isascii():
                 self.log.add(Problem(0, None, "non_ascii", "the header row has non-ASCII bytes"))
