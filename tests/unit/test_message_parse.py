@@ -202,3 +202,83 @@ def test_mutated_samples_never_raise(path: Path, edits: list[tuple[float, int, b
     # Whatever was read is plain text: safe to match, log and store.
     for text in (m.subject, m.text, m.from_name, *m.headers.values()):
         text.encode("utf-8")
+
+
+# -- the address fast path ---------------------------------------------------------------
+# `_addresses` reads the everyday shapes ("Name <user@host>", "user@host") without
+# email.utils.getaddresses; it must give exactly getaddresses' answer for any header.
+_ATOMS = st.text(alphabet="abcXYZ019_%+-'.", min_size=1, max_size=6)
+_WORDS = st.text(alphabet="abXY09'- .,\"()<>@;:\\\t=?é[]", min_size=0, max_size=12)
+_ADDRESSES = st.builds(
+    lambda local, host, tld: f"{local}@{host}.{tld}", _ATOMS, _ATOMS, _ATOMS
+) | st.text(alphabet="ab.@-_+<> ", max_size=12)
+
+
+@st.composite
+def _address_headers(draw: st.DrawFn) -> str:
+    addr = draw(_ADDRESSES)
+    name = draw(st.lists(_WORDS.filter(bool), max_size=3).map(" ".join) | _ATOMS)
+    template = draw(
+        st.sampled_from(
+            [
+                "{addr}",
+                " {addr} ",
+                "{name} <{addr}>",
+                "{name}<{addr}>",
+                "\t{name}  <{addr}> ",
+                '"{name}" <{addr}>',
+                "<{addr}>",
+                "{addr}, {name} <{addr}>",
+                "{addr} ({name})",
+                "{name}",
+            ]
+        )
+    )
+    return template.format(name=name, addr=addr)
+
+
+def _reference(values: list[str]) -> list[tuple[str, str]]:
+    import email.utils
+
+    from seftpilot.adapters.mailparse import _Defects, decode_header_value
+
+    defects = _Defects()
+    try:
+        pairs = email.utils.getaddresses(values)
+    except Exception:
+        return []
+    return [(decode_header_value(n, "To", defects), a.strip().lower()) for n, a in pairs if n or a]
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_address_headers(), min_size=1, max_size=2))
+def test_address_fast_path_agrees_with_getaddresses(values: list[str]) -> None:
+    from seftpilot.adapters.mailparse import _addresses, _Defects
+
+    assert _addresses(values, "To", _Defects()) == _reference(values)
+
+
+def test_address_fast_path_covers_the_everyday_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seftpilot.adapters import mailparse
+    from seftpilot.adapters.mailparse import _simple_address
+
+    assert _simple_address("NHS England <enquiries@nhsdigital.nhs.uk>") == (
+        "NHS England",
+        "enquiries@nhsdigital.nhs.uk",
+    )
+    assert _simple_address("study.team+cohort@uni.example.ac.uk") == (
+        "",
+        "study.team+cohort@uni.example.ac.uk",
+    )
+    assert _simple_address('"Doe, Jane" <j@x.org>') is None  # left to getaddresses
+    fast = [parse_message(path.read_bytes()) for path in SAMPLES]
+    monkeypatch.setattr(mailparse, "_simple_address", lambda value: None)
+    slow = [parse_message(path.read_bytes()) for path in SAMPLES]
+    for a, b in zip(fast, slow, strict=True):  # the samples' addresses: same either way
+        assert (a.from_addr, a.from_name, a.to, a.cc, a.defects) == (
+            b.from_addr,
+            b.from_name,
+            b.to,
+            b.cc,
+            b.defects,
+        )
