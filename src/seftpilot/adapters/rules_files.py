@@ -35,6 +35,9 @@ from seftpilot.errors import RulesError
 
 RULE_SUFFIXES = (".yaml", ".yml")
 _MAX_DEPTH = 64
+# Values after expanding aliases. A real rules file has a few thousand; nine aliases of nine
+# aliases of ... ("billion laughs") expand to 9**9 and would take hours and gigabytes.
+_MAX_NODES = 200_000
 Path_ = tuple[Any, ...]
 
 
@@ -79,6 +82,7 @@ class _Reader:
         self.file = file
         self.lines: dict[Path_, int] = {}
         self._constructor = yaml.constructor.SafeConstructor()
+        self._nodes = 0
 
     def read(self, text: str) -> Any:
         try:
@@ -91,6 +95,14 @@ class _Reader:
                 line=mark.line + 1 if mark else None,
                 hint="check indentation and quoting; regexes are safest in 'single quotes'",
             ) from None
+        except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
+            char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+            raise RulesError(
+                f"not valid YAML: character {char!r} is not allowed",
+                file=self.file,
+                line=text.count("\n", 0, max(exc.position, 0)) + 1,
+                hint="remove control characters (NUL, ESC...) from the file",
+            ) from None
         except yaml.YAMLError as exc:
             raise RulesError(f"not valid YAML: {exc}", file=self.file) from None
         if node is None:
@@ -100,6 +112,14 @@ class _Reader:
     def _data(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
+        self._nodes += 1
+        if self._nodes > _MAX_NODES:
+            raise RulesError(
+                f"more than {_MAX_NODES:,} values once aliases are expanded (an alias bomb?)",
+                file=self.file,
+                line=line,
+                hint="use each &anchor a few times, not anchors of anchors of anchors",
+            )
         if depth > _MAX_DEPTH:
             raise RulesError("nested too deeply (a recursive alias?)", file=self.file, line=line)
         if isinstance(node, yaml.MappingNode):
@@ -264,7 +284,12 @@ def parse_rules_text(text: str, path: Path) -> tuple[FileRules, list[RulesError]
         except ValidationError as exc:
             seen: set[tuple[Any, ...]] = set()
             for error in exc.errors():
-                loc = _clean_loc(tuple(error["loc"]))
+                raw_loc = tuple(error["loc"])
+                loc = _clean_loc(raw_loc)
+                if error["type"] == "extra_forbidden":
+                    # The last part is the operator's own key, even one that looks like a
+                    # union tag ("[", "str"): keep it (it was dropped, then loc[-1] failed).
+                    loc = _clean_loc(raw_loc[:-1]) + raw_loc[-1:]
                 if loc in seen:
                     continue  # one message per place: union members repeat each other
                 seen.add(loc)

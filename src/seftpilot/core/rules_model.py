@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seftpilot.core.message import RECEIVED_COUNT, SELECTED_HEADERS
+from seftpilot.core.regex_safety import nested_quantifier
 
 DEFAULT_RULE = "default"
 
@@ -54,6 +55,14 @@ def _check_regex(pattern: str) -> str:
     except re.error as exc:
         where = f" at position {exc.pos}" if exc.pos is not None else ""
         raise ValueError(f"bad regex {pattern!r}: {exc.msg}{where}") from None
+    # Refused at load time: Python's re has no time limit (see core.regex_safety).
+    why = nested_quantifier(pattern)
+    if why:
+        raise ValueError(
+            f"regex {pattern!r} can take exponential time on some mail ({why}); rewrite it "
+            "so the repeat inside the group cannot also match what follows it, e.g. "
+            "(\\w+\\s?)* -> [\\w\\s]*, (a+)+ -> a+"
+        )
     return pattern
 
 
