@@ -21,20 +21,20 @@ def _agreements(cfg: Settings) -> str:
     return ", ".join(a.nic for a in cfg.agreement)
 
 
-def _checks(connect: bool) -> list[Check]:
+def _checks(cfg: Settings, connect: bool) -> list[Check]:
     checks: list[Check] = [("agreements", _agreements)]
     # Later capabilities register their checks here (rules, profiles, servers).
     from seftpilot.service import checks_extra
 
     checks.extend(checks_extra.offline_checks())
     if connect:
-        checks.extend(checks_extra.connect_checks())
+        checks.extend(checks_extra.connect_checks(cfg))
     return checks
 
 
 def run_checks(cfg: Settings, *, connect: bool = False) -> dict[str, Any]:
     results = []
-    for name, check in _checks(connect):
+    for name, check in _checks(cfg, connect):
         try:
             detail = check(cfg)
             results.append({"name": name, "ok": True, "detail": detail})
