@@ -283,3 +283,29 @@ def test_several_agreements_need_nic(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--nic" in capsys.readouterr().err
     assert run(["pool", "show", "--nic", "NIC-111111-AAAAA", "--json", *config]) == 0
     assert json.loads(capsys.readouterr().out)["agreement"] == "NIC-111111-AAAAA"
+
+
+def test_campaign_cancel_lets_a_new_plan_be_applied(
+    site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accept(ledger, "ADD", ["S1", "S2"], 0, "presumed_success")
+    target = write_target(site / "export.csv", ["S2", "S3"])
+    assert run(["plan", str(target), "--apply", "--json", *cfg(site)]) == 0
+    campaign_id = json.loads(capsys.readouterr().out)["campaign_id"]
+
+    assert run(["campaign", "list", "--json", *cfg(site)]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["id"] == campaign_id
+    assert [s["action"] for s in listed["steps"]] == ["DELETE", "ADD"]
+
+    reason = ["--reason", "export was wrong"]
+    assert run(["campaign", "cancel", str(campaign_id), *reason, "--json", *cfg(site)]) == 0
+    cancelled = json.loads(capsys.readouterr().out)
+    assert cancelled["state"] == "cancelled"
+    assert {s["state"] for s in cancelled["steps"]} == {"cancelled"}
+    # Nothing was uploaded, so the pool is untouched and a corrected plan can go ahead.
+    assert ledger.pool(NIC).members.keys() >= {"S1", "S2"}
+    assert run(["plan", str(target), "--apply", *cfg(site)]) == 0
+    # Cancelling twice is refused and changes nothing.
+    assert run(["campaign", "cancel", str(campaign_id), *reason, *cfg(site)]) == 1
+    assert "not allowed" in capsys.readouterr().err

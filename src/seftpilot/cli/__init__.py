@@ -56,6 +56,7 @@ for _module in (
     sandbox,
 ):
     _module.register(app)
+plan.register_campaigns(app)
 
 
 def run(argv: list[str] | None = None) -> int:

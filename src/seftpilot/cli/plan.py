@@ -367,3 +367,77 @@ def _apply(
         target_sha256=sha256,
     )
     return campaign.id
+
+
+def register_campaigns(app: typer.Typer) -> None:
+    """``seftpilot campaign list|cancel``: see and stop what ``plan --apply`` recorded."""
+    campaigns = typer.Typer(
+        help="Campaigns recorded by `plan --apply`: list them, cancel one that must not go on.",
+        no_args_is_help=True,
+    )
+    app.add_typer(campaigns, name="campaign")
+
+    @campaigns.command("list")
+    def list_cmd(config: ConfigOpt = None, nic: NicOpt = None, json_out: JsonOpt = False) -> None:
+        """Every campaign with its state and steps (newest attempt of each)."""
+        with open_ledger(config, nic) as (agreement, ledger):
+            docs = [
+                {
+                    **c.to_dict(),
+                    "steps": [
+                        {
+                            "step": s.step,
+                            "action": str(s.action),
+                            "state": s.state,
+                            "submission": s.submission_id,
+                        }
+                        for s in ledger.campaign_steps(c.id)
+                    ],
+                }
+                for c in ledger.list_campaigns(agreement.nic)
+            ]
+        if json_out:
+            emit_json(docs)
+            return
+        if not docs:
+            console.print("no campaigns recorded (`seftpilot plan TARGET --apply` records one)")
+        for doc in docs:
+            steps = ", ".join(
+                f"{s['action']} #{s['submission']} {s['state']}" for s in doc["steps"]
+            )
+            console.print(f"#{doc['id']} {doc['strategy']} {doc['state']}: {steps}")
+
+    @campaigns.command("cancel")
+    def cancel_cmd(
+        campaign_id: Annotated[int, typer.Argument(help="The campaign's number.")],
+        reason: Annotated[str, typer.Option("--reason", help="Why; kept in the ledger.")],
+        config: ConfigOpt = None,
+        nic: NicOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Cancel a campaign and its steps that have not been uploaded yet.
+
+        Uploaded steps keep their verdicts (NHS England has them); afterwards a new plan
+        can be made and applied.
+        """
+        from datetime import UTC, datetime
+
+        with open_ledger(config, nic) as (_agreement, ledger):
+            campaign = ledger.get_campaign(campaign_id)
+            done = ledger.cancel_campaign(campaign, at=datetime.now(UTC), reason=reason)
+            steps = ledger.campaign_steps(done.id)
+        if json_out:
+            emit_json(
+                {
+                    **done.to_dict(),
+                    "steps": [
+                        {"step": s.step, "action": str(s.action), "state": s.state}
+                        | {"submission": s.submission_id}
+                        for s in steps
+                    ],
+                }
+            )
+            return
+        console.print(f"campaign #{done.id} is {done.state}")
+        for s in steps:
+            console.print(f"  step {s.step}: {s.action} #{s.submission_id} {s.state}")
