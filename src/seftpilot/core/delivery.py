@@ -417,4 +417,3 @@ def announcement_mail(  # noqa: PLR0917
         "Check the SHA-256 before opening: `sha256sum " + parts[0].name + "`.",
     ]
     return subject, "\n".join(lines) + "\n"
-

@@ -62,9 +62,7 @@ def connect_checks(cfg: Settings) -> list[Check]:
         if agreement.upload.transport == "sftp" and agreement.upload.sftp is not None:
             checks.append((f"{agreement.nic} upload", partial(_sftp, agreement.upload.sftp)))
         if agreement.download.source == "sftp" and agreement.download.sftp is not None:
-            checks.append(
-                (f"{agreement.nic} download", partial(_sftp, agreement.download.sftp))
-            )
+            checks.append((f"{agreement.nic} download", partial(_sftp, agreement.download.sftp)))
     if cfg.partner.sftp is not None:
         checks.append(("partner drop", partial(_sftp, cfg.partner.sftp)))
     return checks
