@@ -1,0 +1,1 @@
+"""Reliability under faults: a chaos proxy, SIGKILL at random points, a full or read-only disk."""
