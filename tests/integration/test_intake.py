@@ -378,3 +378,12 @@ def test_a_batch_is_recorded_before_handling_and_a_stop_mid_batch_loses_nothing(
     assert second.handled == 4
     assert [r.state for r in mail.messages(intake.account)] == ["handled"] * 6
     assert mail.checkpoint(intake.account, "INBOX", first.uidvalidity) == uids[-1]
+
+
+def test_recording_batches_are_cut_by_size_keeping_uid_order() -> None:
+    from seftpilot.adapters.imap import FetchedMessage
+    from seftpilot.service.intake import _by_size
+
+    batch = [FetchedMessage(uid, b"x" * size, size, None) for uid, size in enumerate([5, 5, 12, 1])]
+    runs = [[f.uid for f in run] for run in _by_size(batch, 10)]
+    assert runs == [[0, 1], [2], [3]]  # an oversized message still goes, on its own

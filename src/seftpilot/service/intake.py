@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -72,6 +72,9 @@ OnMessage = Callable[[MailRecord, Message, Classification], None]
 OnAbandoned = Callable[[MailRecord, str], None]
 
 DEFAULT_MAX_ATTEMPTS = 5
+# Parsed messages (attachments decoded) of one recording batch are held until handled:
+# cap their raw size so a backlog of large attachments cannot balloon memory.
+RECORD_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,21 @@ class _Item:
     message: Message
     classification: Classification | None
     record: MailRecord | None = None
+
+
+def _by_size(batch: list[FetchedMessage], limit: int) -> Iterator[list[FetchedMessage]]:
+    """``batch`` in order, cut into runs of at most ``limit`` raw bytes (at least one
+    message each)."""
+    run: list[FetchedMessage] = []
+    size = 0
+    for fetched in batch:
+        if run and size + len(fetched.raw) > limit:
+            yield run
+            run, size = [], 0
+        run.append(fetched)
+        size += len(fetched.raw)
+    if run:
+        yield run
 
 
 def _ignore(record: MailRecord, message: Message, classification: Classification) -> None:
@@ -193,17 +211,18 @@ class MailIntake:
         # Only after a renumbering can a message come back under a new UID.
         others = any(v != uv for v in self.mail.uidvalidities(self.account, self.folder))
         attempted: set[int] = set()
-        for batch in self.mailbox.fetch_batches(self.mailbox.uids_above(last)):
-            # The whole batch is parsed, classified and recorded as `received` in one
-            # transaction, then handled message by message in UID order.
-            for item in self._record_batch(batch, uv, dedupe=others, report=report):
-                attempted.add(item.fetched.uid)
-                self._process(item, uv, report)
-                report.last_uid = item.fetched.uid
-                if stop is not None and stop.is_set():
-                    # The message in hand is finished; the rest of the batch is in the
-                    # ledger as `received` and is handled on the next pass.
-                    return report
+        for fetched_batch in self.mailbox.fetch_batches(self.mailbox.uids_above(last)):
+            for batch in _by_size(fetched_batch, RECORD_BATCH_BYTES):
+                # The whole batch is parsed, classified and recorded as `received` in one
+                # transaction, then handled message by message in UID order.
+                for item in self._record_batch(batch, uv, dedupe=others, report=report):
+                    attempted.add(item.fetched.uid)
+                    self._process(item, uv, report)
+                    report.last_uid = item.fetched.uid
+                    if stop is not None and stop.is_set():
+                        # The message in hand is finished; the rest of the batch is in
+                        # the ledger as `received` and is handled on the next pass.
+                        return report
         self._retry_failed(uv, attempted, report)
         self.mail.record_listening(self.account, self.folder, self.clock.now(), kind)
         return report
