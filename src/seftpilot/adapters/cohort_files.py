@@ -170,7 +170,10 @@ class _AtomicWriter:
 
     def __exit__(self, *exc: object) -> None:
         if not self._committed:
-            self._handle.close()
+            # On a full disk close() fails again flushing the buffer: the temporary file
+            # must go all the same (it holds identifiers, and it is eating the space).
+            with contextlib.suppress(OSError):
+                self._handle.close()
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
 
