@@ -390,13 +390,18 @@ class Store:
                 raise _state_error(self.path, exc) from None
             try:
                 yield conn
+            except sqlite3.OperationalError as exc:
+                # Disk full, read-only, I/O error: the state directory's fault, said so.
+                # (IntegrityError and friends stay as they are: repositories catch them.)
+                _rollback(conn)
+                raise _state_error(self.path, exc) from None
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise _state_error(self.path, exc) from None
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
@@ -435,6 +440,13 @@ class Store:
                 (subject_type, subject_id),
             )
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite ends it by itself on some errors
+    (SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then would fail and hide the real cause."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _split_sql(script: str) -> list[str]:

@@ -13,6 +13,7 @@ the step in the ledger before calling ``put`` and records the outcome after it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -136,6 +137,9 @@ class ManualTransport:
                 os.fsync(out.fileno())
             os.replace(temp, target)
         except OSError as exc:
+            # A half copy (full disk) must not stay behind: identifiers, and the space.
+            with contextlib.suppress(OSError):
+                (folder / f".{final_name}.part").unlink(missing_ok=True)
             raise InputError(
                 f"cannot place the file in the outbox {folder}: {exc.strerror or exc}",
                 hint="check agreement.upload.outbox exists and is writable by this user",
