@@ -14,13 +14,14 @@ import contextlib
 import csv
 import gc
 import hashlib
+import io
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from seftpilot.core.cohort import BuildResult, CohortBuilder, CohortValidator, ValidationReport
 from seftpilot.core.cohort_profile import (
@@ -32,8 +33,9 @@ from seftpilot.core.cohort_profile import (
 from seftpilot.errors import CohortSourceError, InputError, ProfileError
 
 DEFAULT_PROFILE = "mps-legacy-24"
-READ_CHUNK = 1 << 20  # validator feed size: big enough that per-block overhead vanishes
-BATCH_ROWS = 20_000  # builder batch: columns of this many values stay well inside the cache
+READ_CHUNK = 1 << 20  # validator feed and build block size: per-block overhead vanishes
+BATCH_ROWS = 20_000  # builder batch (csv path): columns this long stay well inside the cache
+BLOCK_LINE_LIMIT = 1 << 20  # a longer line (or no LF at all) leaves the build to csv
 
 
 def builtin_profiles() -> list[str]:
@@ -178,9 +180,9 @@ class _AtomicWriter:
                 self.tmp.unlink()
 
 
-def _open_source(source: Path) -> Any:
+def _open_source(source: Path) -> BinaryIO:
     try:
-        return source.open("r", encoding="utf-8-sig", newline="")
+        return source.open("rb")
     except FileNotFoundError:
         raise CohortSourceError(
             f"study export {source}: no such file", hint="check the path of the export"
@@ -192,6 +194,134 @@ def _open_source(source: Path) -> Any:
             f"study export {source}: cannot read: {exc.strerror or exc}",
             hint="check the file's permissions",
         ) from None
+
+
+def _not_utf8(source: Path, line: int, exc: UnicodeDecodeError) -> CohortSourceError:
+    return CohortSourceError(
+        f"study export {source} is not UTF-8 text near line {line} ({exc.reason})",
+        hint="export or save it as 'CSV UTF-8'",
+    )
+
+
+def _not_csv(source: Path, line: int, exc: csv.Error) -> CohortSourceError:
+    return CohortSourceError(f"study export {source}, line {line}: not readable as CSV: {exc}")
+
+
+def _header(source: Path, header: list[str] | None) -> list[str]:
+    if header is None:
+        raise CohortSourceError(
+            f"study export {source} is empty", hint="export the cohort again, with headers"
+        )
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        raise CohortSourceError(
+            f"study export {source} is not comma-separated (its header is one column "
+            f"containing {';' if ';' in header[0] else 'tabs'})",
+            hint="export as CSV with commas",
+        )
+    return header
+
+
+def _feed_source(
+    source: Path,
+    raw: BinaryIO,
+    make_builder: Callable[[list[str]], CohortBuilder],
+    write: Callable[[bytes], None],
+) -> CohortBuilder:
+    """Read the export into a builder, streaming, and write what it renders.
+
+    Blocks of whole lines (about READ_CHUNK bytes) go to ``CohortBuilder.process_text``,
+    which splits them without csv; a block it declines (blank lines, a wrong number of
+    values) is read with ``csv`` on its own. From the first quote on (a quoted value may
+    hold line breaks and run across blocks), or when lines are not ended by LF, the rest
+    of the file is read by ``csv.reader`` from that point, as the whole file once was.
+    """
+    head = raw.readline(BLOCK_LINE_LIMIT)
+    simple = (
+        raw.seekable()
+        and head.endswith(b"\n")
+        and b'"' not in head
+        and head.count(b"\r") == head.endswith(b"\r\n")
+    )
+    if not simple:
+        raw.seek(0)
+        return _feed_csv(
+            source, raw, offset=0, lines=0, builder=None, make_builder=make_builder, write=write
+        )
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(source, 1, exc) from None
+    builder = make_builder(_header(source, next(csv.reader([text]), None)))
+    offset, lines, pending = len(head), 1, b""
+    while True:
+        chunk = raw.read(READ_CHUNK)
+        buf = pending + chunk if pending else chunk
+        if not chunk:
+            if not buf:
+                return builder
+            buf += b"\n"  # the last line has no line break: csv reads it the same
+        cut = buf.rfind(b"\n") + 1
+        if not cut:
+            if len(buf) > BLOCK_LINE_LIMIT:  # CR-only line ends, or a huge line
+                break
+            pending = buf
+            continue
+        block, pending = buf[:cut], buf[cut:]
+        if b'"' in block:
+            break
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(source, lines + block.count(b"\n", 0, exc.start) + 1, exc) from None
+        out = builder.process_text(text)
+        if out is None:
+            reader = csv.reader(io.StringIO(text, newline=""))
+            try:
+                out = builder.process(list(reader))
+            except csv.Error as exc:
+                raise _not_csv(source, lines + reader.line_num, exc) from None
+        write(out)
+        offset += len(block)
+        lines += block.count(b"\n")
+        if not chunk:
+            return builder
+    raw.seek(offset)
+    return _feed_csv(
+        source,
+        raw,
+        offset=offset,
+        lines=lines,
+        builder=builder,
+        make_builder=make_builder,
+        write=write,
+    )
+
+
+def _feed_csv(
+    source: Path,
+    raw: BinaryIO,
+    *,
+    offset: int,
+    lines: int,
+    builder: CohortBuilder | None,
+    make_builder: Callable[[list[str]], CohortBuilder],
+    write: Callable[[bytes], None],
+) -> CohortBuilder:
+    """Read from byte ``offset`` (after ``lines`` lines) to the end with csv.reader."""
+    handle = io.TextIOWrapper(raw, encoding="utf-8-sig" if offset == 0 else "utf-8", newline="")
+    reader = csv.reader(handle)
+    try:
+        if builder is None:
+            builder = make_builder(_header(source, next(reader, None)))
+        while batch := list(islice(reader, BATCH_ROWS)):
+            write(builder.process(batch))
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(source, lines + reader.line_num + 1, exc) from None
+    except csv.Error as exc:
+        raise _not_csv(source, lines + reader.line_num, exc) from None
+    finally:
+        handle.detach()  # the caller closes the file
+    return builder
 
 
 def build_cohort(
@@ -211,52 +341,43 @@ def build_cohort(
     """
     source = Path(source)
     target = Path(out_dir) / profile.file_name(nic)
-    with _open_source(source) as handle, _gc_paused():
-        reader = csv.reader(handle)
+    writer: _AtomicWriter | None = None
+
+    def make_builder(header: list[str]) -> CohortBuilder:
+        nonlocal writer
+        builder = CohortBuilder(profile, action=action, source_header=header, mapping=mapping)
         try:
-            header = next(reader, None)
-            if header is None:
-                raise CohortSourceError(
-                    f"study export {source} is empty", hint="export the cohort again, with headers"
-                )
-            if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
-                raise CohortSourceError(
-                    f"study export {source} is not comma-separated (its header is one column "
-                    f"containing {';' if ';' in header[0] else 'tabs'})",
-                    hint="export as CSV with commas",
-                )
-            builder = CohortBuilder(profile, action=action, source_header=header, mapping=mapping)
-            with _AtomicWriter(target) as writer:
-                writer.write(builder.header_bytes())
-                while batch := list(islice(reader, BATCH_ROWS)):
-                    writer.write(builder.process(batch))
-                problems = builder.finish()
-                if problems and not allow_problems:
-                    return BuildResult(
-                        path=None,
-                        rows=builder.rows,
-                        sha256=None,
-                        action=action,
-                        problems=problems,
-                        problem_counts=dict(builder.log.counts),
-                        truncated=builder.log.truncated,
-                    )
-                writer.commit()
-        except UnicodeDecodeError as exc:
-            raise CohortSourceError(
-                f"study export {source} is not UTF-8 text near line {reader.line_num + 1} "
-                f"({exc.reason})",
-                hint="export or save it as 'CSV UTF-8'",
-            ) from None
-        except csv.Error as exc:
-            raise CohortSourceError(
-                f"study export {source}, line {reader.line_num}: not readable as CSV: {exc}"
-            ) from None
+            writer = _AtomicWriter(target)
         except OSError as exc:
-            raise CohortSourceError(
-                f"cannot write {target}: {exc.strerror or exc}",
-                hint="check that the output directory is writable and has space",
-            ) from None
+            raise _cannot_write(target, exc) from None
+        writer.write(builder.header_bytes())
+        return builder
+
+    def write(data: bytes) -> None:
+        assert writer is not None
+        writer.write(data)
+
+    with _open_source(source) as raw, _gc_paused():
+        try:
+            builder = _feed_source(source, raw, make_builder, write)
+            assert writer is not None
+            problems = builder.finish()
+            if problems and not allow_problems:
+                return BuildResult(
+                    path=None,
+                    rows=builder.rows,
+                    sha256=None,
+                    action=action,
+                    problems=problems,
+                    problem_counts=dict(builder.log.counts),
+                    truncated=builder.log.truncated,
+                )
+            writer.commit()
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
+        finally:
+            if writer is not None:
+                writer.__exit__()
     return BuildResult(
         path=str(target),
         rows=builder.rows,
@@ -265,6 +386,13 @@ def build_cohort(
         problems=problems,
         problem_counts=dict(builder.log.counts),
         truncated=builder.log.truncated,
+    )
+
+
+def _cannot_write(target: Path, exc: OSError) -> CohortSourceError:
+    return CohortSourceError(
+        f"cannot write {target}: {exc.strerror or exc}",
+        hint="check that the output directory is writable and has space",
     )
 
 

@@ -431,6 +431,7 @@ class CohortValidator:
         self._stray_cr = 0
         self._no_final_eol = False
         self._quote_parts: list[bytes] | None = None
+        self._quote_len = 0  # bytes in _quote_parts, kept as they come (no re-summing)
         self._quote_row = 0
 
     # feeding
@@ -488,6 +489,8 @@ class CohortValidator:
         first_cr, first_lf = buf.find(b"\r"), buf.find(b"\n")
         if first_lf == -1 and first_cr == -1 and not final and len(buf) <= LINE_LIMIT:
             return buf
+        if first_lf == -1 and first_cr == len(buf) - 1 and not final:
+            return buf  # a CR last in this piece: its LF may come first in the next one
         if first_cr != -1 and (first_lf == -1 or first_cr < first_lf - 1):
             self._cr_mode = True
             self.log.add(
@@ -600,17 +603,19 @@ class CohortValidator:
                 self._stray_cr += 1
             if self._quote_parts is not None:
                 self._quote_parts.append(line)
+                self._quote_len += len(line) + 1
                 if line.count(b'"') % 2:
                     record = b"\n".join(self._quote_parts)
                     self._quote_parts = None
                     self._record(record, self._quote_row, problems)
-                elif sum(map(len, self._quote_parts)) > LINE_LIMIT:
+                elif self._quote_len > LINE_LIMIT:
                     self._fatal_long_line()
                     return
                 continue
             self.rows += 1
             if line.count(b'"') % 2:
                 self._quote_parts = [line]
+                self._quote_len = len(line)
                 self._quote_row = self.rows
                 continue
             self._record(line, self.rows, problems)
@@ -882,14 +887,72 @@ _TEXT_SPOTS = re.compile(r"[^\x20-\x7e\n]|  |^ | $", re.MULTILINE)
 _POSTCODE_COLUMN = re.compile(
     r"(?:(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?\n)*(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?"
 )
+_MARK = "\x00"  # never in a block split_simple_block accepts
+
+
+def split_simple_block(text: str, n_source: int, wanted: Sequence[int]) -> list[list[str]] | None:
+    """The columns ``wanted`` of ``text``, whole CSV lines each ending with a line break,
+    when ``csv.reader`` would read them as plain comma splitting: no quote, no NUL, no
+    bare CR, no blank line, and ``n_source`` values on every line. None otherwise: the
+    caller reads that text with ``csv``.
+
+    One ``replace`` and one ``split`` for the whole block, then a strided slice per
+    column: each value is allocated once and no Python code runs per row. A marker
+    value after every line proves the line lengths: ``lines`` markers sitting exactly
+    at every ``n_source + 1``-th place leave no room for a line of another length.
+    """
+    if '"' in text or _MARK in text or not text.endswith("\n"):
+        return None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            return None
+    if text.startswith("\n") or "\n\n" in text:
+        return None
+    lines = text.count("\n")
+    width = n_source + 1
+    flat = text.replace("\n", "," + _MARK + ",").split(",")
+    flat.pop()  # the empty string after the last marker
+    if len(flat) != lines * width or flat[n_source::width].count(_MARK) != lines:
+        return None
+    return [flat[i::width] for i in wanted]
+
+
+def _positions(flags: list[bool], value: bool) -> list[int]:
+    """Indexes where ``flags`` holds ``value``: list.index scans in C between hits."""
+    out: list[int] = []
+    i = -1
+    try:
+        while True:
+            i = flags.index(value, i + 1)
+            out.append(i)
+    except ValueError:
+        return out
+
+
+def _needs_quote(joined: str) -> bool:
+    return "," in joined or '"' in joined
+
+
+def _has_empty(joined: str, count: int) -> bool:
+    """Whether a column of ``count`` values joined with newlines holds an empty value."""
+    if count == 1:
+        return not joined
+    return joined.startswith("\n") or joined.endswith("\n") or "\n\n" in joined
 
 
 class CohortBuilder:
-    """Turn batches of study-export rows into NHS file bytes, collecting problems.
+    """Turn study-export rows into NHS file bytes, collecting problems.
 
-    ``process`` takes a batch of source rows (lists of str, as ``csv.reader`` yields them)
-    and returns the rendered rows; ``header_bytes`` is the first line; ``finish`` returns
-    the problems. Problem rows count the source's data rows from 1.
+    ``process`` takes a batch of source rows (lists of str, as ``csv.reader`` yields
+    them), ``process_text`` a block of whole source lines when it can be split without
+    csv (None when it cannot: give those lines to ``process``); both return the rendered
+    rows. ``header_bytes`` is the first line; ``finish`` returns the problems. Problem
+    rows count the source's data rows from 1.
+
+    Each batch is worked on as columns: a column-wide test in C first (one join, a few
+    substring searches or a set test), and only a column that fails it is looked at
+    value by value; only rows with a value that may break a rule go to ``diagnose_row``.
     """
 
     _CACHE_LIMIT = 200_000  # distinct values remembered per cache (bounded memory)
@@ -916,28 +979,42 @@ class CohortBuilder:
         columns = resolve_columns(profile, source_header, mapping)
         # Mapped fields in file order, with their source index.
         self._mapped = [(f, columns[f.name]) for f in profile.fields if f.name in columns]
-        self._getters = [itemgetter(i) for _, i in self._mapped]
+        self._source_index = [i for _, i in self._mapped]
+        self._getters = [itemgetter(i) for i in self._source_index]
         self._transpose = len(source_header) <= 2 * len(self._mapped)
-        parts = []
-        for spec in profile.fields:
-            if spec.name in columns:
-                parts.append("{}")
-            elif spec.name == profile.status_field:
-                parts.append(action)
-            else:
-                parts.append("")
-        self._format = ",".join(parts).format
         self._status_index = profile.index(profile.status_field)
         self._seen = _Seen(profile)
         self._date_cache: dict[str, str] = {"": ""}
         self._gender_cache: dict[str, str] = {"": ""}
         self._date_valid: set[str] = set()
         self._unique_pos = [f.name for f, _ in self._mapped].index(profile.unique_field)
+        self._allowed = {
+            spec.name: frozenset(spec.allowed_values) | ({""} if not spec.required else set())
+            for spec, _ in self._mapped
+            if spec.kind == "gender"
+        }
+        # Reference characters as bytes, for one bytes.translate per column.
+        self._ref_bytes = {
+            spec.name: bytes(
+                b for b in range(128) if re.fullmatch(f"[{spec.allowed_characters}]", chr(b))
+            )
+            + b"\n"
+            for spec, _ in self._mapped
+            if spec.kind == "reference" and spec.allowed_characters
+        }
+        # The rendered line around the mapped values: pieces[0] before the first,
+        # pieces[j] between value j-1 and j, pieces[-1] after the last (with CRLF).
+        line = ",".join(
+            _MARK if spec.name in columns else (action if spec.name == profile.status_field else "")
+            for spec in profile.fields
+        )
+        self._pieces = (line + "\r\n").split(_MARK)
+        self._template: list[str] = []
 
     def header_bytes(self) -> bytes:
         return (",".join(self.profile.header) + "\r\n").encode("ascii")
 
-    # normalising whole columns
+    # normalising and checking whole columns
 
     def _date(self, value: str) -> str:
         result = normalise_date(value, self.profile.date_format)
@@ -971,51 +1048,57 @@ class CohortBuilder:
 
     def _cached(
         self, cache: dict[str, str], col: list[str], fix: Callable[[str], str]
-    ) -> list[str]:
+    ) -> tuple[list[str], set[str]]:
         """Normalise through a cache: sex words and dates repeat a lot in a cohort. New
-        values are found with set operations, then the column maps through the cache in
-        one C-level pass."""
-        new = [v for v in set(col) if v not in cache]  # O(distinct values in the batch)
-        if not new:
-            return list(map(cache.__getitem__, col))
-        results = {value: fix(value) for value in new}
-        if len(cache) + len(results) <= self._CACHE_LIMIT:
+        values are found with one set difference (in C, O(distinct values in the batch)),
+        then the column maps through the cache in one C-level pass. Returns the column and
+        its distinct normalised values."""
+        values = set(col)
+        new = values.difference(cache)
+        if new:
+            results = {value: fix(value) for value in new}
+            if len(cache) + len(results) > self._CACHE_LIMIT:
+                get = cache.get
+                out = [r if (r := get(v)) is not None else results[v] for v in col]
+                return out, set(out)
             cache.update(results)
-            return list(map(cache.__getitem__, col))
-        get = cache.get
-        return [r if (r := get(v)) is not None else results[v] for v in col]
+        return list(map(cache.__getitem__, col)), set(map(cache.__getitem__, values))
 
-    def _normalise(self, spec: FieldSpec, col: list[str]) -> list[str]:
-        """``col`` (a fresh list, changed in place) in canonical form. A column-wide test
-        first; when it fails, one regex scan of the joined column finds the few values
-        to rework."""
+    def _checked(self, spec: FieldSpec, col: list[str]) -> list[int]:
+        """Indexes of the values ``check_value`` rejects (the slow, exact path)."""
+        profile = self.profile
+        return [i for i, v in enumerate(col) if check_value(profile, spec, v, 0) is not None]
+
+    def _column(self, spec: FieldSpec, col: list[str]) -> tuple[list[str], Iterable[int], bool]:
+        """``col`` (a fresh list, changed in place or replaced) in canonical form, the
+        indexes of values that may break a rule (a superset: ``diagnose_row`` decides),
+        and whether a value needs quoting."""
         kind = spec.kind
-        if kind == "date":
-            return self._cached(self._date_cache, col, self._date)
         if kind == "gender":
-            if set(col) <= {*spec.allowed_values, ""}:
-                return col
-            return self._cached(self._gender_cache, col, normalise_gender)
-        if kind == "status":
-            return [normalise_value(self.profile, spec, v) for v in col]
+            allowed = self._allowed[spec.name]
+            if set(col) <= allowed:
+                return col, (), False
+            col, values = self._cached(self._gender_cache, col, normalise_gender)
+            if values <= allowed:
+                return col, (), False
+            suspects = [i for i, v in enumerate(col) if v not in allowed]
+            return col, suspects, any(map(_needs_quote, values))
+        if kind == "date":
+            col, values = self._cached(self._date_cache, col, self._date)
+            if not spec.required:
+                values.discard("")
+            if values <= self._date_valid:
+                return col, (), False
+            valid = self._date_valid
+            suspects = [i for i, v in enumerate(col) if v not in valid and (v or spec.required)]
+            return col, suspects, any(map(_needs_quote, values))
         joined = "\n".join(col)
-        if joined.count("\n") != len(col) - 1:  # a value holds a line break: one by one
-            return [normalise_value(self.profile, spec, v) for v in col]
-        if kind == "nhs_number":
-            if set(map(len, col)) == {10} and joined.replace("\n", "").isdigit():
-                return col
-            return self._fix(
-                col,
-                self._lines_with(_NHS_NOT_CANONICAL, joined),
-                lambda v: nhs_number.normalise(normalise_text(v)),
-            )
-        if kind == "postcode":
-            if _POSTCODE_COLUMN.fullmatch(joined):
-                return col
-            return self._fix(
-                col, self._lines_with(_POSTCODE_NOT_CANONICAL, joined), normalise_postcode
-            )
-        if (
+        if kind == "status" or joined.count("\n") != len(col) - 1:
+            # a status, or a value holding a line break (quoted in the source): one by one
+            col = [normalise_value(self.profile, spec, v) for v in col]
+            return col, self._checked(spec, col), _needs_quote("\n".join(col))
+        # Printable ASCII without double or edge spaces: what normalise_text leaves as is.
+        plain = (
             joined.isascii()
             and joined.replace("\n", "|").isprintable()
             and "  " not in joined
@@ -1023,42 +1106,89 @@ class CohortBuilder:
             and " \n" not in joined
             and not joined.startswith(" ")
             and not joined.endswith(" ")
-        ):  # substring searches in C; the regex below only runs on columns that need work
-            return col
-        return self._fix(col, self._lines_with(_TEXT_SPOTS, joined), normalise_text)
-
-    def _suspects(self, spec: FieldSpec, col: list[str]) -> Iterable[int]:
-        """Indexes whose value may break a rule (a superset; diagnose_row decides)."""
-        kind = spec.kind
+        )  # substring searches in C
         if kind == "nhs_number":
-            if set(map(len, col)) == {10} and "".join(col).isdigit():
-                return nhs_number.invalid_positions(col)
-            return [i for i, v in enumerate(col) if v and not nhs_number.is_valid(v)]
-        if kind == "date":
-            values = set(col)
-            if not spec.required:
-                values.discard("")
-            if values <= self._date_valid:
-                return ()
-            return [
-                i for i, v in enumerate(col) if v not in self._date_valid and (v or spec.required)
-            ]
-        if kind == "gender":
-            allowed = set(spec.allowed_values) | ({""} if not spec.required else set())
-            if set(col) <= allowed:
-                return ()
-            return [i for i, v in enumerate(col) if v not in allowed]
-        ok = True
-        if spec.max_length is not None and max(map(len, col)) > spec.max_length:
-            ok = False
-        if spec.required and "" in col:
-            ok = False
-        if kind == "reference" and spec.allowed_characters and ok:
-            atom = f"[{spec.allowed_characters}]"
-            ok = bool(re.fullmatch(f"(?:{atom}*\n)*{atom}*", "\n".join(col)))
-        if ok:
-            return ()
-        return [i for i, v in enumerate(col) if check_value(self.profile, spec, v, 0) is not None]
+            return self._nhs_column(spec, col, joined, plain)
+        short = False  # every value known to be within the length limit
+        if kind == "postcode":
+            short = (
+                (spec.max_length or 8) >= 8 and plain and bool(_POSTCODE_COLUMN.fullmatch(joined))
+            )
+            if not short:
+                col, joined = self._postcode_column(col, joined, plain)
+        elif not plain:
+            if joined.replace("\n", "|").isprintable() and not (
+                "  " in joined
+                or "\n " in joined
+                or " \n" in joined
+                or joined.startswith(" ")
+                or joined.endswith(" ")
+            ):  # the usual mess: only accented letters to transliterate
+                where = _positions(list(map(str.isascii, col)), False)
+            else:
+                where = self._lines_with(_TEXT_SPOTS, joined)
+            col = self._fix(col, where, normalise_text)
+            joined = "\n".join(col)
+        # Now printable ASCII without line breaks: check_value can only object to an
+        # empty required value, the length, and a reference's characters.
+        ok = not (spec.required and _has_empty(joined, len(col)))
+        if ok and spec.max_length is not None and not short:
+            ok = max(map(len, col)) <= spec.max_length
+        if ok and spec.name in self._ref_bytes:
+            ok = not joined.encode("ascii").translate(None, self._ref_bytes[spec.name])
+        return col, (() if ok else self._checked(spec, col)), _needs_quote(joined)
+
+    def _postcode_column(self, col: list[str], joined: str, plain: bool) -> tuple[list[str], str]:
+        """Canonical postcodes for a column that is not all canonical already: upper case
+        for the whole column at once, then the values without their space (all letters
+        and digits) one by one, and only then a regex scan for anything else."""
+        if plain:
+            upper = joined.upper()
+            if upper != joined:
+                joined, col = upper, upper.split("\n")
+            if not _POSTCODE_COLUMN.fullmatch(joined):
+                col = self._fix(
+                    col, _positions(list(map(str.isalnum, col)), True), normalise_postcode
+                )
+                joined = "\n".join(col)
+            if _POSTCODE_COLUMN.fullmatch(joined):
+                return col, joined
+        col = self._fix(col, self._lines_with(_POSTCODE_NOT_CANONICAL, joined), normalise_postcode)
+        return col, "\n".join(col)
+
+    def _nhs_column(
+        self, spec: FieldSpec, col: list[str], joined: str, plain: bool
+    ) -> tuple[list[str], Iterable[int], bool]:
+        count = len(col)
+        if plain and ("-" in joined or " " in joined):
+            # For printable ASCII, normalise (spaces and dashes written inside the number)
+            # is removing every space and dash: done for the whole column at once.
+            joined = joined.replace(" ", "").replace("-", "")
+            col = joined.split("\n")
+        elif not plain:
+            col = self._fix(
+                col,
+                self._lines_with(_NHS_NOT_CANONICAL, joined),
+                lambda v: nhs_number.normalise(normalise_text(v)),
+            )
+            joined = "\n".join(col)
+        # Every value ten characters (a newline at every 11th place) and all digits:
+        # canonical, and modulus 11 for the whole column in one packed check.
+        if len(joined) == 11 * count - 1 and joined[10::11].count("\n") == count - 1:
+            digits = joined.replace("\n", "")
+            if digits.isascii() and digits.isdigit():
+                return col, nhs_number.invalid_packed(digits.encode("ascii")), False
+        # Some empty (or not ten digits): the ten-digit ones packed, the rest one by one.
+        ten, suspects = [], []
+        for i, v in enumerate(col):
+            if len(v) == 10 and v.isascii() and v.isdigit():
+                ten.append(i)
+            elif v or spec.required:
+                suspects.append(i)
+        if ten:
+            packed = "".join([col[i] for i in ten]).encode("ascii")
+            suspects.extend(ten[j] for j in nhs_number.invalid_packed(packed))
+        return col, suspects, _needs_quote(joined)
 
     # batches
 
@@ -1082,21 +1212,43 @@ class CohortBuilder:
         if not batch:
             self.log.extend(problems)
             return b""
-        k = len(batch)
-        self.rows += k
         if self._transpose:  # few extra columns: one C-level transpose is cheapest
             columns = list(zip(*batch, strict=True))
-            source_cols = [list(columns[i]) for _, i in self._mapped]
+            source_cols = [list(columns[i]) for i in self._source_index]
             del columns
         else:
             source_cols = [list(map(getter, batch)) for getter in self._getters]
-        cols = [
-            self._normalise(spec, col)
-            for (spec, _), col in zip(self._mapped, source_cols, strict=True)
-        ]
+        return self._columns(source_cols, first, rownums, problems)
+
+    def process_text(self, text: str) -> bytes | None:
+        """Normalise, check and render a block of whole source lines (each ending with a
+        line break) when it splits without csv; None, having done nothing, when it does
+        not (quotes, blank lines, a wrong number of values): read those lines with csv
+        and give them to ``process``."""
+        source_cols = split_simple_block(text, self._n_source, self._source_index)
+        if source_cols is None:
+            return None
+        first = self._source_rows + 1
+        self._source_rows += len(source_cols[0])
+        return self._columns(source_cols, first, None, [])
+
+    def _columns(
+        self,
+        source_cols: list[list[str]],
+        first: int,
+        rownums: list[int] | None,
+        problems: list[Problem],
+    ) -> bytes:
+        k = len(source_cols[0])
+        self.rows += k
+        cols: list[list[str]] = []
         suspects: set[int] = set()
-        for (spec, _), col in zip(self._mapped, cols, strict=True):
-            suspects.update(self._suspects(spec, col))
+        quote = False
+        for (spec, _), source_col in zip(self._mapped, source_cols, strict=True):
+            col, bad, needs_quote = self._column(spec, source_col)
+            cols.append(col)
+            suspects.update(bad)
+            quote = quote or needs_quote
         suspects.update(self._insufficient(cols, k))
         suspects.update(self._date_order_suspects(cols))
 
@@ -1117,7 +1269,7 @@ class CohortBuilder:
         )
         if problems:
             self.log.extend(problems)
-        return self._render(cols)
+        return self._render(cols, quote)
 
     def _full_row(self, cols: list[list[str]], i: int) -> list[str]:
         values = [""] * len(self.profile.fields)
@@ -1154,14 +1306,30 @@ class CohortBuilder:
                 out.update(i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a and b)
         return out
 
-    def _render(self, cols: list[list[str]]) -> bytes:
-        if any("," in joined or '"' in joined for joined in map("".join, cols)):
+    def _render(self, cols: list[list[str]], quote: bool) -> bytes:
+        k = len(cols[0])
+        if quote:
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-            for i in range(len(cols[0])):
+            for i in range(k):
                 writer.writerow(self._full_row(cols, i))
             return buffer.getvalue().encode("ascii")
-        return ("\r\n".join(map(self._format, *cols)) + "\r\n").encode("ascii")
+        # One list holding every row's values and the text between them, joined once:
+        # a copy of a prepared template with the values assigned column by column.
+        pieces = self._pieces
+        m = len(cols)
+        step = 2 * m
+        if len(self._template) < step * k:
+            row = []
+            for j in range(m):
+                row += ["", pieces[j + 1]]
+            row[-1] = pieces[-1] + pieces[0]
+            self._template = row * k
+        flat = self._template[: step * k]
+        flat[-1] = pieces[-1]
+        for j, col in enumerate(cols):
+            flat[2 * j :: step] = col
+        return (pieces[0] + "".join(flat)).encode("ascii")
 
     def finish(self) -> list[Problem]:
         """File-level problems, added to the log; returns the log's kept problems."""
