@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,17 @@ def _no_retry_waits() -> None:
     from seftpilot.adapters import retry
 
     retry.set_testing(True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A CLI run in-process (`watch --once`) configures the seftpilot logger for a real
+    process; put it back so later tests' stderr and JSON stdout stay clean."""
+    logger = logging.getLogger("seftpilot")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 @pytest.fixture(autouse=True)
