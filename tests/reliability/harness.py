@@ -111,8 +111,8 @@ class CrashingTransport:
         self.real.put(local_path, final_name, submission_id=submission_id)
         self.crash.at("submit:after-put")
 
-    def find(self, final_name: str) -> Any:
-        return self.real.find(final_name)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)  # find, find_partial, ...
 
 
 class CrashingMailer:

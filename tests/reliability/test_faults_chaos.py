@@ -100,6 +100,7 @@ def run_chaos(
                 for step in range(1, max_steps + 1):
                     world.clock.advance(STEP)
                     world.sandbox.simulator.step()
+                    scenario.before_pass()
                     if step % RESET_EVERY == 0:
                         for name in SERVERS:
                             world.proxies[name].reset_all()

@@ -41,6 +41,8 @@ from seftpilot.sandbox.simulator import SimulatorConfig
 from seftpilot.sandbox.world import DEFAULT_NIC, PASSPHRASE_RE, WATCHED, Sandbox
 from seftpilot.service.forward import resolve_delivery
 from seftpilot.service.runtime import Runtime
+from seftpilot.service.submit import asked_if_received, confirm_upload
+from seftpilot.service.verdicts import resolve_submission
 from tests.reliability.chaos_proxy import ChaosProxy, Rates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,19 +213,30 @@ class Scenario:
         self.export = write_study_export(self.world.base / "study-export.csv", ROWS, seed=3)
         self.campaigns.append(apply_plan(runtime, agreement, self.export))
 
-    def between_steps(self, runtime: Runtime) -> None:
-        """What the world and the operator do between two service passes."""
+    def before_pass(self) -> None:
+        """Stray mail lands (before the pass, so the last one is read before the end)."""
         if self.rng.random() < self.mail_rate:
             self.world.sandbox.imap.append(
                 stray_mail(self.rng), "INBOX", when=self.world.clock.now()
             )
             self.appended += 1
+
+    def between_steps(self, runtime: Runtime) -> None:
+        """What the operator does between two service passes."""
         subs = runtime.ledger.list_submissions()
+        delivered = [
+            d
+            for d in DeliveryStore(runtime.store).list_deliveries()
+            if d.state in FINISHED_DELIVERY
+        ]
+        # Campaign 2 once the first release is delivered (NHS matches a day after a file
+        # changes its pool; a DELETE before that match would leave nothing to return).
         if (
             self.long
             and len(self.campaigns) == 1
             and subs
             and all(s.verdict in SUCCESS for s in subs)
+            and delivered
         ):
             assert self.export is not None
             agreement = runtime.settings.agreement_for(None)
@@ -231,7 +244,34 @@ class Scenario:
         self.answer_operator(runtime)
 
     def answer_operator(self, runtime: Runtime) -> None:
-        """A blocked delivery asks whether the passphrase arrived: answer from the truth."""
+        """Answer what the service asks, from the truth: whether a passphrase arrived (a
+        blocked delivery), what NHS made of a file (an ``unknown`` verdict: the service was
+        down, so it could not prove it listened)."""
+        accepted = {
+            str(r.nhs_day) for r in self.world.sandbox.simulator.received if r.outcome == "accepted"
+        }
+        received = {str(r.nhs_day) for r in self.world.sandbox.simulator.received}
+        for sub in runtime.ledger.list_submissions():
+            if str(sub.state) == "upload_unknown" and asked_if_received(runtime, sub):
+                claims = [
+                    e
+                    for e in runtime.store.events("submission", sub.id)
+                    if e["kind"] == "submission.claim"
+                ]
+                arrived = str(sub.nhs_day) in received
+                at = datetime.fromisoformat(claims[-1]["at"]) if arrived else None
+                confirm_upload(runtime, sub.id, at=at, sent=arrived)
+                self.operator_answers.append(
+                    f"submission {sub.id}: {'it arrived' if arrived else 'not sent'}"
+                )
+            if str(sub.state) == "unknown":
+                ok = str(sub.nhs_day) in accepted
+                resolve_submission(
+                    runtime, sub.id, success=ok, note="NHS England's record, read by the test"
+                )
+                self.operator_answers.append(
+                    f"submission {sub.id}: {'success' if ok else 'failed'}"
+                )
         arrived = self.world.sandbox.passphrases()
         for d in DeliveryStore(runtime.store).list_deliveries(states=["blocked"]):
             if d.held_from == "uploaded":

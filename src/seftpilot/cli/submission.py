@@ -234,17 +234,30 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--at", help="When you uploaded it (ISO 8601; London time if no zone)."),
         ] = None,
+        not_sent: Annotated[
+            bool,
+            typer.Option(
+                "--not-sent",
+                help="An upload in doubt did not reach NHS England: make it due again.",
+            ),
+        ] = False,
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """Record that you uploaded a manual submission in SEFT's web UI."""
+        """Record that you uploaded a manual submission in SEFT's web UI (or, for an upload
+        seftpilot was interrupted in, whether NHS England received it)."""
         from seftpilot.service.submit import confirm_upload
 
+        if not_sent and at:
+            raise typer.BadParameter("--at says when it arrived; leave it out", param_hint="--at")
         when = parse_when(at) if at else None
         with open_runtime(config) as runtime:
-            sub = confirm_upload(runtime, submission_id, at=when)
+            sub = confirm_upload(runtime, submission_id, at=when, sent=not not_sent)
         if json_out:
             emit_json(_row(sub.to_dict()))
+            return
+        if not_sent:
+            console.print(f"submission #{sub.id} is due again: it will be uploaded anew")
             return
         deadline = sub.evidence_deadline.isoformat() if sub.evidence_deadline else None
         console.print(

@@ -83,6 +83,11 @@ PROBLEMS = frozenset({REFUSED, BLOCKED, FAILED})
 
 AWAITING_EVENT = "submission.awaiting_operator"
 RECONCILED_EVENT = "submission.reconciled"
+# Noted just before the transport is asked to send: a crash before it sent nothing.
+SENDING_EVENT = "submission.sending"
+# A crash mid-upload, and the file is neither in the upload folder nor half there under its
+# temporary name: NHS England may have collected it while seftpilot was down.
+IN_DOUBT_EVENT = "submission.in_doubt"
 
 
 @dataclass
@@ -192,6 +197,29 @@ def awaiting_operator(runtime: Runtime, sub: Submission) -> bool:
     if not claims:
         return False
     return any(e["kind"] == AWAITING_EVENT for e in events[claims[-1] :])
+
+
+def _since_claim(runtime: Runtime, sub: Submission, kind: str) -> bool:
+    events = _events(runtime, sub.id)
+    claims = [i for i, e in enumerate(events) if e["kind"] == "submission.claim"]
+    return bool(claims) and any(e["kind"] == kind for e in events[claims[-1] :])
+
+
+def asked_if_received(runtime: Runtime, sub: Submission) -> bool:
+    """The operator was asked whether NHS England received this upload (since its claim)."""
+    return _since_claim(runtime, sub, IN_DOUBT_EVENT)
+
+
+def _maybe_collected(runtime: Runtime, transport: Transport, sub: Submission, name: str) -> bool:
+    """After a crash with ``name`` absent: could the upload have finished, and NHS England
+    collected the file since? Not if sending never started, nor while the half-sent
+    temporary file is still there (the rename that hands the file to NHS never happened).
+    A transport that cannot show its temporary file says no, as before.
+    """
+    find_partial = getattr(transport, "find_partial", None)
+    if find_partial is None or not _since_claim(runtime, sub, SENDING_EVENT):
+        return False
+    return find_partial(name) is None
 
 
 def last_upload_day(ledger: LedgerStore, nic: str) -> date | None:
@@ -399,6 +427,10 @@ def _reconcile(
         name = sub.file_name or profile_for(runtime, agreement).file_name(nic)
         try:
             remote = transport.find(name)
+            doubt = remote is None and (
+                asked_if_received(runtime, sub)
+                or (sub.state == S.UPLOADING and _maybe_collected(runtime, transport, sub, name))
+            )
         except TransportError as exc:
             outcome.status = BLOCKED
             outcome.submission_id = sub.id
@@ -430,6 +462,27 @@ def _reconcile(
             sub = ledger.record_upload_lost(
                 sub, at=now, reason="found mid-upload at start: the process stopped"
             )
+        if doubt:
+            # Absent is not proof here: never upload again blind, ask.
+            if not asked_if_received(runtime, sub):
+                _note(runtime, sub, IN_DOUBT_EVENT, now, file_name=name)
+            outcome.status = BLOCKED
+            outcome.submission_id = sub.id
+            outcome.message = (
+                f"submission #{sub.id}: seftpilot stopped while uploading {name}, and SEFT's "
+                "upload folder holds neither the file nor its half-sent temporary copy: NHS "
+                "England may already have collected it. Nothing is uploaded until you say"
+            )
+            alert(
+                runtime,
+                f"upload-unknown:{sub.id}",
+                f"{nic}: did NHS England receive submission #{sub.id}?",
+                f"{outcome.message}.\n\nCheck SEFT's web UI (or NHS England's next notice), "
+                f"then either `seftpilot submission confirm {sub.id} --at <when it was "
+                f"uploaded>` (it arrived) or `seftpilot submission confirm {sub.id} "
+                "--not-sent` (it did not; it will be uploaded again).",
+            )
+            return outcome
         result, sub = _settle_found(runtime, agreement, sub, remote, now=now, holidays=holidays)
         outcome.reconciled.append({"submission_id": sub.id, "result": result})
         if result == "mismatch":
@@ -696,6 +749,7 @@ def submit_next(
             runtime, agreement, transport, sub, now=now, outcome=outcome, prepared=prepared
         )
 
+    _note(runtime, sub, SENDING_EVENT, now)
     try:
         transport.put(prepared.path, prepared.file_name, submission_id=sub.id)
     except TransportError as exc:
@@ -784,11 +838,30 @@ def _after_failed_put(
 
 
 # -- manual confirmation -------------------------------------------------------------------
-def confirm_upload(runtime: Runtime, sub_id: int, *, at: datetime | None = None) -> Submission:
-    """The operator uploaded a manual submission by hand at ``at`` (default now)."""
+def confirm_upload(
+    runtime: Runtime, sub_id: int, *, at: datetime | None = None, sent: bool = True
+) -> Submission:
+    """The operator uploaded a manual submission by hand at ``at`` (default now), or says
+    whether an upload in doubt reached NHS England (``sent=False``: it did not; due again)."""
     ledger = runtime.ledger
     sub = ledger.get_submission(sub_id)
     now = runtime.clock.now()
+    if not sent:
+        if sub.state not in (S.UPLOADING, S.UPLOAD_UNKNOWN):
+            raise LedgerError(
+                f"submission #{sub.id} is {sub.state}, not an upload in doubt",
+                hint="`seftpilot submission list` shows which submissions wait for you",
+            )
+        if sub.state == S.UPLOADING:
+            sub = ledger.record_upload_lost(sub, at=now, reason="the operator answers")
+        sub = ledger.record_not_sent(
+            sub,
+            at=now,
+            reason="the operator says NHS England did not receive it",
+            proved_absent=True,
+        )
+        clear(runtime, f"upload-unknown:{sub.id}", f"submission #{sub.id} is due again")
+        return sub
     when = at or now
     if when.tzinfo is None:
         raise InputError(

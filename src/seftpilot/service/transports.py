@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from seftpilot.adapters.sftp import RemoteFile, SftpClient
+from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE, RemoteFile, SftpClient
 from seftpilot.config import Agreement, SftpEndpoint
 from seftpilot.errors import ConfigError, InputError, PermanentError
 
@@ -96,6 +96,12 @@ class SftpTransport:
     def find(self, final_name: str) -> RemoteFile | None:
         with SftpClient(self.endpoint) as client:
             return client.stat(final_name)
+
+    def find_partial(self, final_name: str) -> RemoteFile | None:
+        """The temporary file an interrupted ``put`` of ``final_name`` left, if any: while
+        it is there, the rename that hands the file to NHS England has not happened."""
+        with SftpClient(self.endpoint) as client:
+            return client.stat(DEFAULT_TEMP_TEMPLATE.format(name=final_name))
 
 
 # -- manual ------------------------------------------------------------------------------
