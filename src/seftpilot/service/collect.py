@@ -28,7 +28,7 @@ from seftpilot.adapters.manifest import Manifest, build_manifest
 from seftpilot.adapters.sftp import SftpClient
 from seftpilot.config import Agreement, SftpEndpoint
 from seftpilot.core.delivery import SeenFile, folder_decision, is_partial, new_remote_files
-from seftpilot.errors import ConfigError, InputError
+from seftpilot.errors import ConfigError, InputError, PermanentError
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done_bytes, total_bytes)``."""
@@ -109,8 +109,27 @@ def complete_files(folder: Path) -> list[SeenFile]:
     return [f for f in _scan(folder) if not is_partial(f.name)]
 
 
+def plain_name(name: str) -> bool:
+    """A file name with no path in it: the only kind a download may be written under."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+
+
+def _refuse_paths(names: list[str], server: str) -> None:
+    """A listing is the server's word: a name with a path in it (``../../x``, ``/etc/x``)
+    would write outside the work dir, so the collection stops and the operator is told."""
+    unsafe = [n for n in names if not plain_name(n)]
+    if unsafe:
+        raise PermanentError(
+            f"the download area lists {len(unsafe)} name(s) that are not plain file names: "
+            f"{', '.join(repr(n) for n in unsafe[:3])}; refused, nothing was downloaded",
+            server=server,
+            hint="ask the server's administrator what these are and have them removed",
+        )
+
+
 def look_sftp(client: SftpClient, seen: list[SeenFile]) -> Look:
     listing = [SeenFile(f.name, f.size, f.mtime) for f in client.list()]
+    _refuse_paths([f.name for f in listing], client.server)
     new = new_remote_files(listing, seen)
     partial = [f.name for f in listing if is_partial(f.name)]
     if not new:
@@ -223,6 +242,7 @@ def _clear_leftovers(target: Path, keep: set[str]) -> None:
 def bring_sftp(
     client: SftpClient, delivery: Delivery, files: list[SeenFile], progress: Progress | None
 ) -> Collected:
+    _refuse_paths([f.name for f in files], client.server)
     target = ensure_private_dir(files_dir(delivery))
     names = {f.name for f in files}
     _clear_leftovers(target, names)
