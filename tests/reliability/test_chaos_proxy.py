@@ -63,11 +63,18 @@ def roundtrip(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
 
 
 def answer(port: int, payload: bytes, timeout: float = 5.0) -> bytes | str:
-    """The echoed bytes, or the name of the error the client got."""
+    """The echoed bytes, or ``"error"`` when the connection failed under the client
+    (reset, broken pipe, not connected: which one depends on who the RST reached first)."""
     try:
         return roundtrip(port, payload, timeout)
-    except OSError as exc:
-        return type(exc).__name__
+    except TimeoutError:
+        return "timeout"
+    except OSError:
+        return "error"
+
+
+def cut(result: bytes | str, payload: bytes) -> bool:
+    return result == "error" or (isinstance(result, bytes) and len(result) < len(payload))
 
 
 def test_calm_proxy_forwards_every_byte(echo: int) -> None:
@@ -83,13 +90,12 @@ def test_refuse_reset_and_drop_cut_the_stream_where_told(echo: int) -> None:
     with ChaosProxy(echo, seed=1) as proxy:
         proxy.force_next("refuse")
         # Refused before the server was dialled: reset (or, racing the RST, nothing at all).
-        assert answer(proxy.port, payload) in ("ConnectionResetError", "BrokenPipeError", b"")
+        assert answer(proxy.port, payload) in ("error", b"")
         proxy.force_next("reset", offset=5_000)
-        with pytest.raises(ConnectionResetError):
-            roundtrip(proxy.port, payload)
+        assert answer(proxy.port, payload) == "error"
         proxy.force_next("drop", offset=5_000)
-        got = roundtrip(proxy.port, payload)
-        assert len(got) < len(payload)  # a clean close, early: the client sees a short answer
+        # A close after 5,000 bytes: a short answer, or a reset if our data was still unread.
+        assert cut(answer(proxy.port, payload), payload)
         assert proxy.stats["reset_fired"] == 1
         assert proxy.stats["drop_fired"] == 1
 
@@ -113,7 +119,7 @@ def test_commands_reset_every_live_connection_and_pause_refuses(echo: int) -> No
             sock.recv(5)
         sock.close()
         proxy.pause()
-        assert answer(proxy.port, b"x") in ("ConnectionResetError", "BrokenPipeError", b"")
+        assert answer(proxy.port, b"x") in ("error", b"")
         proxy.resume()
         assert roundtrip(proxy.port, b"back") == b"back"
 

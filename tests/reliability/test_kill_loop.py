@@ -126,6 +126,7 @@ class KillReport:
     operator_answers: list[str] = field(default_factory=list)
     appended: int = 0
     down_steps: int = 0
+    outages: int = 0
     snapshot: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,12 +145,14 @@ class KillRun:
         long: bool,
         kill_rate: float,
         named_rate: float = 0.7,
+        outage_rate: float = 0.0,
     ) -> None:
         self.base = base
         self.seed = seed
         self.long = long
         self.kill_rate = kill_rate
         self.named_rate = named_rate
+        self.outage_rate = outage_rate
         self.rng = random.Random(seed)
         self.report = KillReport(seed)
         self.pid: int | None = None
@@ -225,6 +228,10 @@ class KillRun:
             if int(line[2]) != -signal.SIGKILL:
                 self.report.errors.append(f"life {line[1]} exited {line[2]}")
             self.pid = None
+            if not self.down_steps and self.rng.random() < self.outage_rate:
+                # Not restarted at once: down for 15 minutes to an hour, NHS carries on.
+                self.down_steps = self.rng.randint(1, 4)
+                self.report.outages += 1
         return line
 
     def kill(self, zygote: Zygote) -> None:
@@ -326,6 +333,8 @@ def check(report: KillReport, *, min_kills: int) -> None:
         "by_point": dict(report.kills),
         "operator": report.operator_answers,
         "appended": report.appended,
+        "outages": report.outages,
+        "down_steps": report.down_steps,
     }
     log.warning("kill seed %s: %s", report.seed, summary)
     assert report.errors == [], report.errors
@@ -342,7 +351,8 @@ def test_sigkill_at_random_points_then_restart(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [21, 22, 23])
 def test_hundreds_of_sigkills_across_the_long_loop(tmp_path: Path, seed: int) -> None:
-    report = KillRun(tmp_path, seed=seed, long=True, kill_rate=0.4).run(max_steps=700)
+    run = KillRun(tmp_path, seed=seed, long=True, kill_rate=0.4, outage_rate=0.1)
+    report = run.run(max_steps=700)
     check(report, min_kills=120)
 
 
