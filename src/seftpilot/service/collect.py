@@ -61,7 +61,10 @@ def files_dir(delivery: Delivery) -> Path:
 
 def ensure_private_dir(path: Path) -> Path:
     """``path`` and its missing parents as 0700 directories."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir(parents=True) would make the parents with the default mode (0755 under the
+    # usual umask): the deliveries folder above each work dir was world-readable.
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
     path.chmod(0o700)
     return path
 
