@@ -349,11 +349,11 @@ def test_sigkill_at_random_points_then_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [21, 22, 23])
+@pytest.mark.parametrize("seed", [21, 22, 23, 24])
 def test_hundreds_of_sigkills_across_the_long_loop(tmp_path: Path, seed: int) -> None:
-    run = KillRun(tmp_path, seed=seed, long=True, kill_rate=0.4, outage_rate=0.1)
+    run = KillRun(tmp_path, seed=seed, long=True, kill_rate=0.5, outage_rate=0.1)
     report = run.run(max_steps=700)
-    check(report, min_kills=120)
+    check(report, min_kills=80)
 
 
 @pytest.mark.parametrize(
