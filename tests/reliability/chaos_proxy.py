@@ -63,8 +63,9 @@ class Rates:
     # Stalls last between these many seconds (a stall longer than the client's timeout
     # becomes a timeout for it; shorter ones only slow it down).
     stall_seconds: tuple[float, float] = (0.05, 0.3)
-    # Faults strike after 1..max_offset bytes (log-uniform), counting both directions.
-    max_offset: int = 200_000
+    # Faults strike after 1..max_offset bytes (log-uniform), counting both directions:
+    # from the greeting or handshake through commands to the middle of a file.
+    max_offset: int = 30_000
 
     @classmethod
     def calm(cls) -> Rates:

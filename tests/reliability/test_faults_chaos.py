@@ -99,6 +99,10 @@ def run_chaos(
         watcher = Watcher(clock=world.clock, jobs=build_jobs(runtime))
         router = RouterWatch(world)
         world.set_rates(rates)
+        # SFTP connections are few (a listing, an upload, a collection a day): make sure
+        # the first ones of each server are cut, wherever the random offset falls.
+        for name in ("seft_upload", "seft_download", "partner"):
+            world.proxies[name].force_next("reset", "pass", "drop", "stall", "reset")
         with MailboxLock(world.state_dir, intake.account, intake.folder):
             try:
                 for step in range(1, max_steps + 1):
