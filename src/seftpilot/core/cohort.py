@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from operator import itemgetter
 from typing import Any
 
@@ -1010,6 +1011,9 @@ class CohortBuilder:
         )
         self._pieces = (line + "\r\n").split(_MARK)
         self._template: list[str] = []
+        self._date_format = (
+            profile.date_format.replace("YYYY", "{0}").replace("MM", "{1}").replace("DD", "{2}")
+        ).format
 
     def header_bytes(self) -> bytes:
         return (",".join(self.profile.header) + "\r\n").encode("ascii")
@@ -1017,11 +1021,29 @@ class CohortBuilder:
     # normalising and checking whole columns
 
     def _date(self, value: str) -> str:
+        """``normalise_date`` for one new value, remembering the valid results (their
+        check is then a set test). ISO dates, what databases export, skip the parsers."""
+        text = value.strip()
+        y = m = d = ""
+        if len(text) == 10 and text.isascii():
+            if text[4] == "-" == text[7]:
+                y, m, d = text[:4], text[5:7], text[8:]
+            elif text[2] == text[5] and text[2] in "/.-":
+                d, m, y = text[:2], text[3:5], text[6:]  # UK day first, as parse_source_date
+            if y.isdigit() and m.isdigit() and d.isdigit():
+                try:
+                    date(int(y), int(m), int(d))
+                except ValueError:
+                    return normalise_date(value, self.profile.date_format)
+                result = self._date_format(y, m, d)
+                if YEAR_MIN <= int(y) <= YEAR_MAX and len(self._date_valid) < self._CACHE_LIMIT:
+                    self._date_valid.add(result)
+                return result
         result = normalise_date(value, self.profile.date_format)
-        d = parse_profile_date(result, self.profile.date_format)
+        parsed = parse_profile_date(result, self.profile.date_format)
         if (
-            d is not None
-            and YEAR_MIN <= d.year <= YEAR_MAX
+            parsed is not None
+            and YEAR_MIN <= parsed.year <= YEAR_MAX
             and len(self._date_valid) < (self._CACHE_LIMIT)
         ):
             self._date_valid.add(result)
@@ -1139,18 +1161,15 @@ class CohortBuilder:
         return col, (() if ok else self._checked(spec, col)), _needs_quote(joined)
 
     def _postcode_column(self, col: list[str], joined: str, plain: bool) -> tuple[list[str], str]:
-        """Canonical postcodes for a column that is not all canonical already: upper case
-        for the whole column at once, then the values without their space (all letters
-        and digits) one by one, and only then a regex scan for anything else."""
+        """Canonical postcodes for a column that is not all canonical already: the values
+        in lower case or without their space (found with str methods mapped over the
+        column) one by one, and only then a regex scan for anything else."""
         if plain:
-            upper = joined.upper()
-            if upper != joined:
-                joined, col = upper, upper.split("\n")
-            if not _POSTCODE_COLUMN.fullmatch(joined):
-                col = self._fix(
-                    col, _positions(list(map(str.isalnum, col)), True), normalise_postcode
-                )
-                joined = "\n".join(col)
+            upper = list(map(str.isupper, col))  # False: lower case, or no letter at all
+            spaceless = list(map(str.isalnum, col))  # True: letters and digits only
+            where = set(_positions(upper, False)) | set(_positions(spaceless, True))
+            col = self._fix(col, sorted(where), normalise_postcode)
+            joined = "\n".join(col)
             if _POSTCODE_COLUMN.fullmatch(joined):
                 return col, joined
         col = self._fix(col, self._lines_with(_POSTCODE_NOT_CANONICAL, joined), normalise_postcode)
@@ -1161,10 +1180,14 @@ class CohortBuilder:
     ) -> tuple[list[str], Iterable[int], bool]:
         count = len(col)
         if plain and ("-" in joined or " " in joined):
-            # For printable ASCII, normalise (spaces and dashes written inside the number)
-            # is removing every space and dash: done for the whole column at once.
-            joined = joined.replace(" ", "").replace("-", "")
-            col = joined.split("\n")
+            # Printable ASCII: normalising is removing spaces and dashes, needed only by
+            # values that are not all digits (found with str.isdigit over the column).
+            col = self._fix(
+                col,
+                _positions(list(map(str.isdigit, col)), False),
+                lambda v: v.replace(" ", "").replace("-", ""),
+            )
+            joined = "\n".join(col)
         elif not plain:
             col = self._fix(
                 col,
