@@ -4,8 +4,9 @@ An archive whose member expands far beyond what the manifest says (256 MiB of ze
 into a few hundred KB, against a manifest entry of 1,000 bytes) is refused by
 ``verify_archive`` before anything is decompressed, without writing a byte to disk and
 with memory flat; so is one whose listed size agrees but whose content does not, after
-streaming it through a hash (never to disk, memory bounded by the member's size). Damaged or truncated bombs get the same clear
-ArchiveVerificationError, never another exception.
+streaming it through a hash (never to disk, memory bounded by the member's size).
+Damaged or truncated bombs get the same clear ArchiveVerificationError, never another
+exception.
 """
 
 from __future__ import annotations
