@@ -68,6 +68,10 @@ def _imap_error(exc: BaseException, server: str) -> SeftpilotError:
 
 def _login_error(exc: BaseException, server: str) -> SeftpilotError:
     text = str(exc)
+    if isinstance(exc.__context__, imaplib.IMAP4.abort):
+        # imapclient wraps a connection lost mid-LOGIN ("socket error: EOF") in LoginError:
+        # the network's fault, not the credentials'. Refusing for good would stop the intake.
+        return TransientError(f"connection lost while logging in: {text}", server=server)
     if any(code in text.upper() for code in _TRANSIENT_CODES):
         # e.g. Dovecot's "[UNAVAILABLE] Temporary authentication failure": try again.
         return TransientError(f"login temporarily unavailable: {text}", server=server)
