@@ -30,6 +30,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import re
 import socket
 import stat as stat_module
 from collections.abc import Callable, Iterator
@@ -138,6 +139,10 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return str(key.fingerprint)
 
 
+# paramiko's words for "the transport died (or went quiet) while authenticating".
+_NOT_A_REFUSAL = re.compile(r"transport shut down or saw EOF|Authentication timeout")
+
+
 def map_exception(exc: BaseException, server: str, what: str = "") -> TransportError:
     """Translate one of ``CAUGHT`` into our tree; ``what`` names the operation and path."""
     where = f"{what}: " if what else ""
@@ -149,6 +154,14 @@ def map_exception(exc: BaseException, server: str, what: str = "") -> TransportE
             f"the server offered {_fingerprint(exc.key)}",
             server=server,
             hint="refused. Find out why the key changed before editing known_hosts",
+        )
+    if isinstance(exc, paramiko.AuthenticationException) and _NOT_A_REFUSAL.search(str(exc)):
+        # paramiko reports a connection lost (or stalled) mid-authentication as an
+        # authentication failure; it is the network's, and worth another try.
+        return TransientError(
+            f"{where}connection lost during authentication ({exc})",
+            server=server,
+            hint="retry later; if it persists, check the server",
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(

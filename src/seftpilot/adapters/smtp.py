@@ -91,6 +91,10 @@ def _reply_text(raw: bytes | str) -> str:
 
 
 def _by_code(code: int, text: str, server: str) -> TransportError:
+    if not 200 <= code < 600:
+        # Not a reply code at all (smtplib's -1, or "2" from a reply line cut short): the
+        # connection broke mid-reply, which is weather, not a refusal.
+        return TransientError(f"reply cut short or garbled ({code} {text})", server=server)
     if 400 <= code < 500:
         return TransientError(f"server replied {code} {text}", server=server)
     return PermanentError(

@@ -253,6 +253,10 @@ def provably_not_sent(exc: SeftpilotError) -> bool:
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, smtplib.SMTPResponseException) and not 400 <= cause.smtp_code < 600:
+            # Not a refusal: a reply line cut short ("25" of "250 OK") may be the very
+            # acceptance of the message.
+            return False
         if isinstance(cause, _NOT_SENT):
             return True
         cause = cause.__cause__ or cause.__context__
