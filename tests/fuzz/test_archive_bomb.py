@@ -16,6 +16,7 @@ import io
 import os
 import tempfile
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import py7zr
@@ -80,14 +81,21 @@ def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _disk_snapshot() -> set[Path]:
-    root = Path(tempfile.gettempdir())
-    return {p for p in root.iterdir()}
+@pytest.fixture
+def disk(tmp_path: Path, bomb: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Nothing may be written: not beside the archive, not in a (private) temp dir."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))
+    beside = set(bomb.parent.iterdir())
+    yield
+    assert list(private.iterdir()) == []
+    assert set(bomb.parent.iterdir()) == beside
 
 
-def test_a_member_far_larger_than_the_manifest_is_refused_unopened(bomb: Path) -> None:
+def test_a_member_far_larger_than_the_manifest_is_refused_unopened(bomb: Path, disk: None) -> None:
     manifest = Manifest("folder:/x", (ManifestEntry(NAME, 1000, "0" * 64),))
-    before = _disk_snapshot()
     tracemalloc.start()
     try:
         with pytest.raises(ArchiveVerificationError, match="manifest says 1000"):
@@ -96,14 +104,12 @@ def test_a_member_far_larger_than_the_manifest_is_refused_unopened(bomb: Path) -
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024 * 1024
-    assert _disk_snapshot() == before
 
 
 def test_a_listed_size_that_matches_but_content_that_does_not_streams_to_a_hash(
-    bomb: Path,
+    bomb: Path, disk: None
 ) -> None:
     manifest = Manifest("folder:/x", (ManifestEntry(NAME, BOMB_SIZE, "0" * 64),))
-    before = _disk_snapshot()
     tracemalloc.start()
     try:
         with pytest.raises(ArchiveVerificationError, match="SHA-256"):
@@ -116,7 +122,6 @@ def test_a_listed_size_that_matches_but_content_that_does_not_streams_to_a_hash(
     # Bounded by the member's size, which the listing check above has already matched
     # against the manifest, so a bomb never gets this far.
     assert peak < 2 * BOMB_SIZE
-    assert _disk_snapshot() == before
     # And with the right hash it verifies: the guard refuses only what differs.
     digest = hashlib.sha256()
     zeros = bytes(1 << 20)

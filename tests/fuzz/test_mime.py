@@ -173,7 +173,7 @@ def mime_message(draw: st.DrawFn) -> bytes:
     return top + draw(mime_part())
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 @given(mime_message())
 def test_generated_mime_trees(raw: bytes) -> None:
     handled(raw)

@@ -25,7 +25,7 @@ from seftpilot.errors import RulesError
 DEFAULT_FILES = sorted(default_rules_path().glob("*.yaml"))
 DEFAULT_TEXTS = {p.name: p.read_text(encoding="utf-8") for p in DEFAULT_FILES}
 FAST = settings(
-    max_examples=2000,
+    max_examples=1500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -116,7 +116,7 @@ def _mutate(text: str, rnd: random.Random) -> str:
     return "".join(lines)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(DEFAULT_TEXTS)), st.randoms(use_true_random=False))
 def test_mutated_default_rules_load_or_name_file_and_line(name: str, rnd: random.Random) -> None:
     text = _mutate(DEFAULT_TEXTS[name], rnd)

@@ -56,7 +56,7 @@ hostile_text = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(st.lists(hostile_text, min_size=1, max_size=3), hostile_text)
 def test_composed_subjects_are_one_clean_line(subjects: list[str], text: str) -> None:
     items = [
