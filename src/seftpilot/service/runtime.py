@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING
 
 from seftpilot.adapters.clock import Clock, SystemClock
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from seftpilot.adapters.mail_store import MailStore
     from seftpilot.adapters.smtp import Mailer
     from seftpilot.core.rules import RuleSet
+
+
+@lru_cache(maxsize=8)
+def _holidays_for(year: int) -> frozenset[date]:
+    # The holidays package computes its tables on every call; timers ask every tick.
+    from seftpilot.adapters.holidays_source import bank_holidays
+
+    return bank_holidays(range(year - 1, year + 3))
 
 
 def _secrets_of(settings: Settings) -> list[object]:
@@ -77,10 +85,8 @@ class Runtime:
 
     def holidays(self, around: date | None = None) -> frozenset[date]:
         """England & Wales bank holidays for the years around ``around`` (default: now)."""
-        from seftpilot.adapters.holidays_source import bank_holidays
-
         year = (around or self.clock.now().date()).year
-        return bank_holidays(range(year - 1, year + 3))
+        return _holidays_for(year)
 
     def close(self) -> None:
         if "store" in self.__dict__:
