@@ -247,6 +247,7 @@ def test_a_whole_run_leaks_no_secret_and_leaves_nothing_readable(
         runtime.close()
 
     everything = (*SECRETS, passphrase)
+    assert "delivery" in site.log.getvalue()  # the log did capture the run
     _scan("the service log", site.log.getvalue().encode(), everything)
     late = capfd.readouterr()
     for label, out in (("setup", early), ("commands", commands), ("cleaning", late)):
