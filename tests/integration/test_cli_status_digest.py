@@ -63,6 +63,7 @@ def test_status_and_digest_show_the_same_facts_without_secrets(
 ) -> None:
     code, text = cli(capsys, "status", "--config", str(site))
     assert code == 1  # the mailbox was never listened to: something needs the operator
+    assert text.startswith("seftpilot status, ")
     assert "#1 ADD 1 rows" in text and "DUE" in text
     assert "the mailbox is not being listened to" in text
     assert_no_secret(text)
@@ -89,6 +90,7 @@ def test_status_and_digest_show_the_same_facts_without_secrets(
     code, text = cli(capsys, "digest", "--config", str(site))
     assert code == 0
     assert text.startswith("Subject: [seftpilot] digest ")
+    assert "seftpilot daily digest, " in text
     assert "#1 ADD 1 rows" in text
     assert_no_secret(text)
     code, raw = cli(capsys, "digest", "--json", "--config", str(site))

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
                 needs = bool(doc["attention"])
             else:
                 digest = current_digest(runtime)
-                text, _ = render_digest(digest)
+                text, _ = render_digest(digest, title="status")
                 typer.echo(text, nl=False)
                 needs = bool(digest.attention)
         if needs:

@@ -795,11 +795,13 @@ def send_digest(runtime: Runtime, *, force: bool = False) -> DigestSent:
     return DigestSent(day, sent=True, message_id=message_id, sent_at=sent)
 
 
-def render_digest(digest: Digest) -> tuple[str, str]:
-    """(plain text, HTML) of ``digest``; secrets registered with ``logs`` are redacted."""
+def render_digest(digest: Digest, *, title: str = "daily digest") -> tuple[str, str]:
+    """(plain text, HTML) of ``digest``; secrets registered with ``logs`` are redacted.
+
+    ``status`` renders the same facts under its own title."""
     from seftpilot.service.render import render_text
 
-    context = {"d": digest}
+    context = {"d": digest, "title": title}
     return (
         redact(render_text("digest.txt.j2", context)),
         redact(render_text("digest.html.j2", context)),
