@@ -24,6 +24,7 @@ import pytest
 
 from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE
 from seftpilot.cli import run as cli
+from seftpilot.errors import TransientError
 from seftpilot.service.runtime import Runtime
 from seftpilot.service.submit import BLOCKED, UPLOADED, confirm_upload, make_transport, submit_next
 from tests.reliability.world import START, Scenario, World, final_renames, running_world
@@ -117,3 +118,41 @@ def test_a_half_sent_temporary_file_proves_nothing_arrived(world: World) -> None
     assert outcome.status == UPLOADED, outcome.message  # settled without asking anyone
     assert len(final_renames(world.sandbox.seft_upload)) == 1
     assert not [m for m in world.sandbox.mail("Operator") if "receive" in m.subject]
+
+
+class DropAfterRename:
+    """The transfer finished (the rename happened) but the connection died before the
+    answer came back, and the listing that follows fails too: the fate is unknown."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.dropped = real, False
+        self.name, self.listable = real.name, real.listable
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        self.real.put(*args, **kwargs)
+        self.dropped = True
+        raise TransientError("connection reset by peer", server="seft")
+
+    def find(self, name: str) -> Any:
+        if self.dropped:  # the server stays unreachable for the listing right after
+            raise TransientError("connection reset by peer", server="seft")
+        return self.real.find(name)
+
+
+def test_upload_in_doubt_after_a_drop_is_not_resent_when_the_file_is_gone(world: World) -> None:
+    runtime = Runtime(world.settings(), clock=world.clock)
+    Scenario(world).begin(runtime)
+    agreement = runtime.settings.agreement_for(None)
+    first = submit_next(
+        runtime, agreement, transport=DropAfterRename(make_transport(runtime, agreement))
+    )
+    assert first.status != UPLOADED
+    (sub,) = runtime.ledger.list_submissions()
+    assert str(sub.state) == "upload_unknown"
+    (world.sandbox.seft_upload.root / (sub.file_name or "")).unlink()  # NHS collected it
+    for _ in range(3):
+        world.clock.advance(timedelta(minutes=15))
+        outcome = submit_next(runtime, agreement)
+        assert outcome.status == BLOCKED, outcome.message
+    assert len(final_renames(world.sandbox.seft_upload)) == 1  # never a second file
+    runtime.close()

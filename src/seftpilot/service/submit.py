@@ -429,7 +429,9 @@ def _reconcile(
             remote = transport.find(name)
             doubt = remote is None and (
                 asked_if_received(runtime, sub)
-                or (sub.state == S.UPLOADING and _maybe_collected(runtime, transport, sub, name))
+                # Crash or drop alike: a transfer that may have finished may have been
+                # collected, so absence proves nothing unless the half file is still there.
+                or _maybe_collected(runtime, transport, sub, name)
             )
         except TransportError as exc:
             outcome.status = BLOCKED
