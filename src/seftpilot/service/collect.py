@@ -22,13 +22,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seftpilot.adapters.delivery_store import Delivery
 from seftpilot.adapters.manifest import Manifest, build_manifest
-from seftpilot.adapters.sftp import SftpClient
 from seftpilot.config import Agreement, SftpEndpoint
 from seftpilot.core.delivery import SeenFile, folder_decision, is_partial, new_remote_files
 from seftpilot.errors import ConfigError, InputError, PermanentError
+
+if TYPE_CHECKING:
+    from seftpilot.adapters.sftp import SftpClient
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done_bytes, total_bytes)``."""

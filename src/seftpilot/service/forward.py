@@ -45,16 +45,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from seftpilot.adapters.archive import create_archive, verify_archive
 from seftpilot.adapters.delivery_store import Delivery, DeliveryStore
 from seftpilot.adapters.mail_store import MailRecord
 from seftpilot.adapters.manifest import sha256_file
 from seftpilot.adapters.passphrase import Passphrase, fingerprint, new_passphrase
-from seftpilot.adapters.sftp import CAUGHT, SftpClient, map_exception
 from seftpilot.adapters.smtp import build_message
 from seftpilot.config import Agreement, SftpEndpoint
 from seftpilot.core.calendar import nhs_day
@@ -97,6 +95,9 @@ from seftpilot.service import collect
 from seftpilot.service.alerts import clear_alert, raise_alert
 from seftpilot.service.dispatch import Dispatcher
 from seftpilot.service.runtime import Runtime
+
+if TYPE_CHECKING:
+    from seftpilot.adapters.sftp import SftpClient
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +419,8 @@ class Forwarder:
         check_config(self.runtime, agreement)
         now = self.now()
         if d.source == "sftp":
+            from seftpilot.adapters.sftp import SftpClient
+
             with SftpClient(collect.download_endpoint(agreement)) as client:
                 look = collect.look_sftp(client, self.store.seen(d.agreement))
                 if not look.ready:
@@ -526,6 +529,8 @@ class Forwarder:
             if progress is not None:
                 progress("archive", done, total)
 
+        from seftpilot.adapters.archive import create_archive
+
         result = create_archive(
             files,
             _archive_dir(d) / name,
@@ -582,6 +587,8 @@ class Forwarder:
                 size, digest = sha256_file(path)
                 if (size, digest) != (part["size"], part["sha256"]):
                     raise ArchiveVerificationError(f"{path.name} changed since it was built")
+            from seftpilot.adapters.archive import verify_archive
+
             verify_archive(paths, secret, manifest, backend=self.runtime.settings.partner.backend)
         except (ArchiveVerificationError, FileNotFoundError) as exc:
             failures = 1 + sum(
@@ -606,6 +613,8 @@ class Forwarder:
     def _rename(self, client: SftpClient, source: str, target: str) -> None:
         """Plain SFTP rename: it refuses to replace an existing file, which is what we
         want (the final name was just listed as absent)."""
+        from seftpilot.adapters.sftp import CAUGHT, map_exception
+
         try:
             client.sftp.rename(client.path(source), client.path(target))
         except CAUGHT as exc:
@@ -618,6 +627,8 @@ class Forwarder:
             d = self.store.claim(d, "upload", self.now())
             self.checkpoint("claimed:upload")
         local = {p["name"]: _archive_dir(d) / p["local"] for p in d.archive_parts}
+        from seftpilot.adapters.sftp import SftpClient
+
         with SftpClient(endpoint) as client:
             listing = {f.name: f.size for f in client.list()}
             plan = {
@@ -927,6 +938,8 @@ def forward_now(
 
 def _has_something(runtime: Runtime, agreement: Agreement, forwarder: Forwarder) -> bool:
     if agreement.download.source == "sftp":
+        from seftpilot.adapters.sftp import SftpClient
+
         with SftpClient(collect.download_endpoint(agreement)) as client:
             look = collect.look_sftp(client, forwarder.store.seen(agreement.nic))
         return look.ready

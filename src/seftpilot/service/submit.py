@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seftpilot.adapters.cohort_files import (
     builtin_profiles,
@@ -64,7 +64,10 @@ from seftpilot.errors import (
 )
 from seftpilot.service.alerts import clear_alert, raise_alert
 from seftpilot.service.runtime import Runtime
-from seftpilot.service.transports import RemoteFile, Transport, transport_for
+from seftpilot.service.transports import Transport, transport_for
+
+if TYPE_CHECKING:
+    from seftpilot.adapters.sftp import RemoteFile
 
 log = logging.getLogger(__name__)
 

@@ -20,17 +20,19 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE, RemoteFile, SftpClient
 from seftpilot.config import Agreement, SftpEndpoint
 from seftpilot.errors import ConfigError, InputError, PermanentError
+
+if TYPE_CHECKING:
+    # paramiko is imported only when a transfer happens: an idle `watch` never pays for it.
+    from seftpilot.adapters.sftp import RemoteFile
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ManualTransport",
-    "RemoteFile",
     "SftpTransport",
     "Transport",
     "transport_for",
@@ -76,6 +78,8 @@ class SftpTransport:
         self.endpoint = endpoint
 
     def put(self, local_path: Path, final_name: str, *, submission_id: int | None = None) -> None:
+        from seftpilot.adapters.sftp import SftpClient
+
         with SftpClient(self.endpoint) as client:
             result = client.upload(local_path, final_name)
         if result.already_present:
@@ -94,13 +98,19 @@ class SftpTransport:
         )
 
     def find(self, final_name: str) -> RemoteFile | None:
+        from seftpilot.adapters.sftp import SftpClient
+
         with SftpClient(self.endpoint) as client:
             return client.stat(final_name)
 
     def find_partial(self, final_name: str) -> RemoteFile | None:
         """The temporary file an interrupted ``put`` of ``final_name`` left, if any: while
         it is there, the rename that hands the file to NHS England has not happened."""
+        from seftpilot.adapters.sftp import SftpClient
+
         with SftpClient(self.endpoint) as client:
+            from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE
+
             return client.stat(DEFAULT_TEMP_TEMPLATE.format(name=final_name))
 
 
