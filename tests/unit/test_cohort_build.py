@@ -18,6 +18,7 @@ from seftpilot.core.cohort import (
     split_simple_block,
     validate_bytes,
 )
+from seftpilot.core.cohort_profile import Profile
 from seftpilot.core.cohort_rules import (
     diagnose_row,
     normalise_gender,
@@ -30,6 +31,7 @@ from seftpilot.core.synthetic import EXPORT_HEADER, export_rows, synthetic_nhs_n
 from seftpilot.errors import CohortSourceError
 
 LEGACY = load_profile()
+PVE = load_profile("pve")
 NIC = "NIC-402963-P0Y5D"
 N = synthetic_nhs_numbers(10, seed=5)
 
@@ -344,10 +346,10 @@ def test_block_path_on_a_synthetic_export_matches_csv_rows() -> None:
 
 
 def _reference_build(
-    header: list[str], rows: list[list[str]], action: str
+    header: list[str], rows: list[list[str]], action: str, profile: Profile = LEGACY
 ) -> tuple[bytes, set[tuple[int | None, str | None, str]]]:
     """Row at a time, straight from the rules: what the column-wise builder must match."""
-    columns = resolve_columns(LEGACY, header)
+    columns = resolve_columns(profile, header)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     problems: set[tuple[int | None, str | None, str]] = set()
@@ -360,13 +362,13 @@ def _reference_build(
             problems.add((n, None, "wrong_column_count"))
         values = [
             action
-            if spec.name == LEGACY.status_field
-            else normalise_value(LEGACY, spec, raw[columns[spec.name]])
+            if spec.name == profile.status_field
+            else normalise_value(profile, spec, raw[columns[spec.name]])
             if spec.name in columns
             else ""
-            for spec in LEGACY.fields
+            for spec in profile.fields
         ]
-        problems |= {(p.row, p.column, p.code) for p in diagnose_row(LEGACY, values, n)}
+        problems |= {(p.row, p.column, p.code) for p in diagnose_row(profile, values, n)}
         ref = values[0]
         if ref in seen:
             problems.add((n, "UNIQUE_REFERENCE", "unique_reference_duplicate"))
@@ -396,7 +398,22 @@ _FAULTS: list[list[str]] = [
     ["X" * 41, "a,b", 'say "hi"', "two\nlines", " " * 3],
     ["X" * 41, "  "],
     ["robot", "3", "a,b"],
-    ["31/02/1980", "", "1799-12-31", "2100-01-01", "05/01/80"],
+    # ISO-shaped but not valid (the one-replace ISO path must send them to the rules)
+    [
+        "31/02/1980",
+        "",
+        "1799-12-31",
+        "2100-01-01",
+        "05/01/80",
+        "1980-02-30",
+        "1980-13-01",
+        "2001-02-29",
+        "1980-00-10",
+        "1980-04-31",
+        "0000-01-01",
+        "1980-1-5",
+        "1980-01-05x",
+    ],
     ["123456789", "a,b", "sw1a 1aa extra"],
     [],
     [],
@@ -407,11 +424,15 @@ _source_row = st.tuples(
 )
 
 
+@pytest.mark.parametrize("profile", [LEGACY, PVE], ids=lambda p: p.name)
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_source_row, min_size=1, max_size=12))
 def test_column_wise_build_matches_the_rules_row_by_row(
+    profile: Profile,
     drawn: list[tuple[tuple[str, ...], tuple[int, int] | None]],
 ) -> None:
+    """Both built-in profiles: YYYYMMDD and YYYY/MM/DD dates take the ISO column path
+    with different separators."""
     rows = []
     for values, fault in drawn:
         row = list(values)
@@ -420,10 +441,10 @@ def test_column_wise_build_matches_the_rules_row_by_row(
             row[column] = _FAULTS[column][pick % len(_FAULTS[column])]
         rows.append(row)
     header = list(EXPORT_HEADER)
-    expected_bytes, expected = _reference_build(header, rows, "ADD")
+    expected_bytes, expected = _reference_build(header, rows, "ADD", profile)
     text = _csv_text(rows, "\r\n")
     for use_text in (False, True):
-        builder = CohortBuilder(LEGACY, action="ADD", source_header=header)
+        builder = CohortBuilder(profile, action="ADD", source_header=header)
         data = builder.process_text(text) if use_text else builder.process(rows)
         if data is None:
             continue
