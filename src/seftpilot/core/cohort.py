@@ -881,13 +881,10 @@ def resolve_columns(
     return result
 
 
-_POSTCODE_NOT_CANONICAL = re.compile(r"^(?!(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?$)", re.MULTILINE)
-_NHS_NOT_CANONICAL = re.compile(r"^(?![0-9]{10}$)", re.MULTILINE)
 # What normalise_text would change: anything but printable ASCII, double or edge spaces.
 _TEXT_SPOTS = re.compile(r"[^\x20-\x7e\n]|  |^ | $", re.MULTILINE)
-_POSTCODE_COLUMN = re.compile(
-    r"(?:(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?\n)*(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?"
-)
+
+
 _MARK = "\x00"  # never in a block split_simple_block accepts
 
 
@@ -919,16 +916,43 @@ def split_simple_block(text: str, n_source: int, wanted: Sequence[int]) -> list[
     return [flat[i::width] for i in wanted]
 
 
-def _positions(flags: list[bool], value: bool) -> list[int]:
-    """Indexes where ``flags`` holds ``value``: list.index scans in C between hits."""
+def _line_run(line: str) -> re.Pattern[str]:
+    """The pattern ``_other_lines`` scans with, for lines that are empty or match ``line``:
+    each match skips a run of such lines in C and stops at one other line (group 1)."""
+    return re.compile(rf"(?:(?:{line})?\n)*([^\n]*)\n")
+
+
+def _other_lines(run: re.Pattern[str], joined: str) -> list[int]:
+    """Indexes of the lines of ``joined`` (a column joined with newlines) that ``run`` (a
+    ``_line_run`` pattern) does not accept. One C scan over the column; Python runs only
+    per other line. Measured on a million postcodes: 0.05 s, where testing each value
+    with ``str`` methods (``map(str.isupper, col)`` and the like) took 0.1 s per method.
+
+    A sentinel line that no pattern accepts ends the text, so the last match stops there
+    instead of backtracking into the last accepted line."""
+    scan = joined + "\n\x00\n"
+    end = len(joined) + 1  # where the sentinel starts
     out: list[int] = []
-    i = -1
-    try:
-        while True:
-            i = flags.index(value, i + 1)
-            out.append(i)
-    except ValueError:
-        return out
+    line = pos = 0
+    for m in run.finditer(scan):
+        start = m.start(1)
+        if start >= end:
+            break
+        line += scan.count("\n", pos, start)
+        pos = start
+        out.append(line)
+    return out
+
+
+_POSTCODE_OTHER = _line_run(r"[A-Z0-9]{2,4} [A-Z0-9]{3}")  # canonical or empty
+_POSTCODE_ONE = re.compile(r"(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?")
+_PRINTABLE_LF = bytes(range(0x20, 0x7F)) + b"\n"
+_NHS_OTHER = _line_run(r"[0-9]{10}")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _ascii_digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
 
 
 def _needs_quote(joined: str) -> bool:
@@ -1018,13 +1042,10 @@ class CohortBuilder:
         # replace over the joined column: `_iso_sep` is that format's separator, None when
         # the profile's dates are not year-first. `_iso_not_valid` finds the lines that are
         # neither empty nor a valid ISO date within the years accepted (29 February among
-        # them: it needs the leap-year test); only those go value by value. Each match
-        # skips a run of good lines in C and stops at one other line (group 1); a run
-        # pattern scans about a quarter faster than a lookahead tried at every line.
+        # them: it needs the leap-year test); only those go value by value.
         iso = re.fullmatch(r"YYYY([-/. ]?)MM\1DD", profile.date_format)
         self._iso_sep = iso.group(1) if iso else None
-        valid_iso = _date_fragment("YYYY-MM-DD").decode("ascii")
-        self._iso_other = re.compile(rf"(?:(?:{valid_iso})?\n)*([^\n]*)\n")
+        self._iso_other = _line_run(_date_fragment("YYYY-MM-DD").decode("ascii"))
 
     def header_bytes(self) -> bytes:
         return (",".join(self.profile.header) + "\r\n").encode("ascii")
@@ -1080,13 +1101,18 @@ class CohortBuilder:
         return out
 
     def _cached(
-        self, cache: dict[str, str], col: list[str], fix: Callable[[str], str]
+        self,
+        cache: dict[str, str],
+        col: list[str],
+        fix: Callable[[str], str],
+        values: set[str] | None = None,
     ) -> tuple[list[str], set[str]]:
         """Normalise through a cache: sex words and dates repeat a lot in a cohort. New
         values are found with one set difference (in C, O(distinct values in the batch)),
         then the column maps through the cache in one C-level pass. Returns the column and
-        its distinct normalised values."""
-        values = set(col)
+        its distinct normalised values. ``values`` is ``set(col)`` when the caller has it."""
+        if values is None:
+            values = set(col)
         new = values.difference(cache)
         if new:
             results = {value: fix(value) for value in new}
@@ -1109,9 +1135,10 @@ class CohortBuilder:
         kind = spec.kind
         if kind == "gender":
             allowed = self._allowed[spec.name]
-            if set(col) <= allowed:
+            values = set(col)
+            if values <= allowed:
                 return col, (), False
-            col, values = self._cached(self._gender_cache, col, normalise_gender)
+            col, values = self._cached(self._gender_cache, col, normalise_gender, values)
             if values <= allowed:
                 return col, (), False
             suspects = [i for i, v in enumerate(col) if v not in allowed]
@@ -1134,38 +1161,41 @@ class CohortBuilder:
             # a status, or a value holding a line break (quoted in the source): one by one
             col = [normalise_value(self.profile, spec, v) for v in col]
             return col, self._checked(spec, col), _needs_quote("\n".join(col))
-        # Printable ASCII without double or edge spaces: what normalise_text leaves as is.
-        plain = (
-            joined.isascii()
-            and joined.replace("\n", "|").isprintable()
-            and "  " not in joined
-            and "\n " not in joined
-            and " \n" not in joined
-            and not joined.startswith(" ")
-            and not joined.endswith(" ")
-        )  # substring searches in C
         if kind == "nhs_number":
-            return self._nhs_column(spec, col, joined, plain)
+            return self._nhs_column(spec, col, joined)
         short = False  # every value known to be within the length limit
         if kind == "postcode":
-            short = (
-                (spec.max_length or 8) >= 8 and plain and bool(_POSTCODE_COLUMN.fullmatch(joined))
-            )
-            if not short:
-                col, joined = self._postcode_column(col, joined, plain)
-        elif not plain:
-            if joined.replace("\n", "|").isprintable() and not (
+            # Canonical or empty values (one scan) are left as they are; the others are
+            # normalised one by one, and the column is short if they became canonical.
+            short = (spec.max_length or 8) >= 8
+            others = _other_lines(_POSTCODE_OTHER, joined)
+            if others:
+                col = self._fix(col, others, normalise_postcode)
+                joined = "\n".join(col)
+                short = short and all(_POSTCODE_ONE.fullmatch(col[i]) for i in others)
+        else:
+            # What normalise_text leaves as is: printable ASCII (one bytes.translate)
+            # without double or edge spaces (substring searches, skipped without a space).
+            spaced = " " in joined and (
                 "  " in joined
                 or "\n " in joined
                 or " \n" in joined
                 or joined.startswith(" ")
                 or joined.endswith(" ")
-            ):  # the usual mess: only accented letters to transliterate
-                where = _positions(list(map(str.isascii, col)), False)
+            )
+            if joined.isascii():
+                printable = not joined.encode("ascii").translate(None, _PRINTABLE_LF)
             else:
+                printable = joined.replace("\n", "|").isprintable()
+            if spaced or not printable:
                 where = self._lines_with(_TEXT_SPOTS, joined)
-            col = self._fix(col, where, normalise_text)
-            joined = "\n".join(col)
+            elif not joined.isascii():  # the usual mess: accented letters to transliterate
+                where = self._lines_with(_NON_ASCII, joined)
+            else:
+                where = []
+            if where:
+                col = self._fix(col, where, normalise_text)
+                joined = "\n".join(col)
         # Now printable ASCII without line breaks: check_value can only object to an
         # empty required value, the length, and a reference's characters.
         ok = not (spec.required and _has_empty(joined, len(col)))
@@ -1185,17 +1215,7 @@ class CohortBuilder:
         joined = "\n".join(col)
         if joined.count("\n") != len(col) - 1:
             return None
-        scan = joined + "\n"
-        end = len(scan)
-        others: list[int] = []
-        line = pos = 0
-        for m in self._iso_other.finditer(scan):
-            start = m.start(1)
-            if start == end:
-                break
-            line += scan.count("\n", pos, start)
-            pos = start
-            others.append(line)
+        others = _other_lines(self._iso_other, joined)
         out = (joined.replace("-", sep) if sep != "-" else joined).split("\n")
         suspects: list[int] = []
         if spec.required and _has_empty(joined, len(col)):
@@ -1210,58 +1230,33 @@ class CohortBuilder:
                 suspects.append(i)
         return out, suspects, any(map(_needs_quote, values))
 
-    def _postcode_column(self, col: list[str], joined: str, plain: bool) -> tuple[list[str], str]:
-        """Canonical postcodes for a column that is not all canonical already: the values
-        in lower case or without their space (found with str methods mapped over the
-        column) one by one, and only then a regex scan for anything else."""
-        if plain:
-            upper = list(map(str.isupper, col))  # False: lower case, or no letter at all
-            spaceless = list(map(str.isalnum, col))  # True: letters and digits only
-            where = set(_positions(upper, False)) | set(_positions(spaceless, True))
-            col = self._fix(col, sorted(where), normalise_postcode)
-            joined = "\n".join(col)
-            if _POSTCODE_COLUMN.fullmatch(joined):
-                return col, joined
-        col = self._fix(col, self._lines_with(_POSTCODE_NOT_CANONICAL, joined), normalise_postcode)
-        return col, "\n".join(col)
-
     def _nhs_column(
-        self, spec: FieldSpec, col: list[str], joined: str, plain: bool
+        self, spec: FieldSpec, col: list[str], joined: str
     ) -> tuple[list[str], Iterable[int], bool]:
         count = len(col)
-        if plain and ("-" in joined or " " in joined):
-            # Printable ASCII: normalising is removing spaces and dashes, needed only by
-            # values that are not all digits (found with str.isdigit over the column).
-            col = self._fix(
-                col,
-                _positions(list(map(str.isdigit, col)), False),
-                lambda v: v.replace(" ", "").replace("-", ""),
-            )
-            joined = "\n".join(col)
-        elif not plain:
-            col = self._fix(
-                col,
-                self._lines_with(_NHS_NOT_CANONICAL, joined),
-                lambda v: nhs_number.normalise(normalise_text(v)),
-            )
-            joined = "\n".join(col)
         # Every value ten characters (a newline at every 11th place) and all digits:
         # canonical, and modulus 11 for the whole column in one packed check.
         if len(joined) == 11 * count - 1 and joined[10::11].count("\n") == count - 1:
             digits = joined.replace("\n", "")
             if digits.isascii() and digits.isdigit():
                 return col, nhs_number.invalid_packed(digits.encode("ascii")), False
-        # Some empty (or not ten digits): the ten-digit ones packed, the rest one by one.
-        ten, suspects = [], []
-        for i, v in enumerate(col):
-            if len(v) == 10 and v.isascii() and v.isdigit():
-                ten.append(i)
-            elif v or spec.required:
-                suspects.append(i)
+        # Otherwise only the values that are neither ten digits nor empty (one scan) can
+        # change: normalised one by one (spaces and dashes go).
+        others = _other_lines(_NHS_OTHER, joined)
+        col = self._fix(col, others, lambda v: nhs_number.normalise(normalise_text(v)))
+        not_ten = {i for i in others if not (len(col[i]) == 10 and _ascii_digits(col[i]))}
+        if _has_empty(joined, count):
+            not_ten.update(i for i, v in enumerate(col) if not v)
+        suspects = [i for i in not_ten if col[i] or spec.required]
+        quote = any(_needs_quote(col[i]) for i in not_ten)
+        if not not_ten:
+            packed = "".join(col)  # every value ten ASCII digits now
+            return col, nhs_number.invalid_packed(packed.encode("ascii")), False
+        ten = [i for i in range(count) if i not in not_ten]
         if ten:
-            packed = "".join([col[i] for i in ten]).encode("ascii")
-            suspects.extend(ten[j] for j in nhs_number.invalid_packed(packed))
-        return col, suspects, _needs_quote(joined)
+            packed = "".join([col[i] for i in ten])
+            suspects.extend(ten[j] for j in nhs_number.invalid_packed(packed.encode("ascii")))
+        return col, suspects, quote
 
     # batches
 
