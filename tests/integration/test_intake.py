@@ -8,6 +8,7 @@ survives drops, renumbering and poison messages.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from seftpilot.adapters.clock import SystemClock
+from seftpilot.adapters.clock import FakeClock, SystemClock
 from seftpilot.adapters.imap import ImapMailbox
 from seftpilot.adapters.mail_store import MailRecord, MailStore
 from seftpilot.adapters.rules_files import load_rules
@@ -24,10 +25,11 @@ from seftpilot.adapters.store import Store
 from seftpilot.config import Settings
 from seftpilot.core.message import Message
 from seftpilot.core.rules import Classification, RuleSet
-from seftpilot.errors import AlreadyRunning
+from seftpilot.errors import AlreadyRunning, AuthenticationError, TransientError
 from seftpilot.service import intake as intake_mod
-from seftpilot.service.intake import Backoff, MailIntake
+from seftpilot.service.intake import MailIntake
 from tests.fixtures.imap_server import ImapTestServer, make_message
+from tests.reliability.chaos_proxy import ChaosProxy
 
 RULES = """\
 version: 1
@@ -48,11 +50,6 @@ def ruleset(tmp_path: Path) -> RuleSet:
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
     return load_rules([path])
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(intake_mod, "BACKOFF", Backoff.none())
 
 
 @pytest.fixture
@@ -222,6 +219,101 @@ def test_reconnects_after_a_drop_without_losing_or_repeating_mail(
     assert events.count("mail.connection_lost") >= 3
 
 
+class HangingUpHost:
+    """A mailbox host that accepts each connection and hangs up before the greeting (a dead
+    backend behind a live load balancer). Counts connections; with a FakeClock, each one
+    costs ``cost`` fake seconds first, as a connect that runs into its timeout would."""
+
+    def __init__(self, clock: FakeClock | None = None, cost: float = 0.0) -> None:
+        self.clock = clock
+        self.cost = cost
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            if self.clock is not None:
+                self.clock.advance(self.cost)  # before the client can see the hang-up
+            conn.close()
+
+    def __enter__(self) -> HangingUpHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_reconnecting_gives_up_after_twelve_attempts(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    # conftest's retry.testing() removes the waits; every attempt still happens.
+    with HangingUpHost() as host:
+        settings = settings_for(tmp_path, imap_server, port=host.port)
+        intake = MailIntake(settings, store, ruleset, SystemClock(), Recorder(store))
+        with pytest.raises(TransientError):
+            intake.run(threading.Event())
+    assert host.connections == 12 == intake_mod.RECONNECT.attempts
+    assert listening(store) == 0
+
+
+def test_reconnecting_gives_up_when_its_half_hour_is_spent(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    # Each attempt takes 400 s of fake time: after the fifth (2,000 s) the 1,800 s budget
+    # is spent, with attempts to spare.
+    clock = FakeClock()
+    started = clock.monotonic()
+    with HangingUpHost(clock, cost=400.0) as host:
+        settings = settings_for(tmp_path, imap_server, port=host.port)
+        intake = MailIntake(settings, store, ruleset, clock, Recorder(store))
+        with pytest.raises(TransientError):
+            intake.run(threading.Event())
+    assert intake_mod.RECONNECT.timeout == 1800.0
+    assert host.connections == 5
+    assert clock.monotonic() - started == 2000.0
+
+
+def test_refused_credentials_are_not_retried(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    # The proxy only counts connections to the real server.
+    with ChaosProxy(imap_server.port, name="imap") as proxy:
+        settings = settings_for(tmp_path, imap_server, port=proxy.port, password="not-it")
+        intake = MailIntake(settings, store, ruleset, SystemClock(), Recorder(store))
+        with pytest.raises(AuthenticationError):
+            intake.run(threading.Event())
+    assert proxy.stats["connections"] == 1
+    assert listening(store) == 0
+
+
+def test_a_host_that_refuses_a_few_connections_is_reached_and_caught_up(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    imap_server.append(make_message(1))
+    hook = Recorder(store)
+    with ChaosProxy(imap_server.port, name="imap") as proxy:
+        proxy.force_next("refuse", "refuse", "refuse")
+        settings = settings_for(tmp_path, imap_server, port=proxy.port)
+        intake = MailIntake(settings, store, ruleset, SystemClock(), hook)
+        with Runner(intake):
+            wait_until(lambda: len(hook.calls) == 1, "the catch-up after three refusals")
+            wait_until(lambda: listening(store) >= 1, "the listening record")
+        assert proxy.stats["refuse"] == 3
+        assert proxy.stats["connections"] == 4
+
+
 def test_uidvalidity_change_neither_loses_nor_repeats(
     imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
 ) -> None:
@@ -235,7 +327,7 @@ def test_uidvalidity_change_neither_loses_nor_repeats(
 
     new_uv = imap_server.change_uidvalidity()  # drops the connection, renumbers
     imap_server.append(make_message(4))
-    with pytest.raises(intake_mod.TransientError):
+    with pytest.raises(TransientError):
         intake.catch_up()  # the old connection is gone: the loop would reconnect
     second = intake.catch_up()
     intake.close()

@@ -7,16 +7,13 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
-import pytest
-
 from seftpilot.adapters.clock import FakeClock
 from seftpilot.adapters.ledger_store import RefRow
 from seftpilot.adapters.rules_files import default_rules_path, load_rules
 from seftpilot.core.verdict import Evidence, VerdictKind, decide
 from seftpilot.service import alerts
-from seftpilot.service import intake as intake_mod
 from seftpilot.service.dispatch import Dispatcher
-from seftpilot.service.intake import Backoff, MailIntake
+from seftpilot.service.intake import MailIntake
 from seftpilot.service.monitor import (
     CanaryJob,
     canaries_between,
@@ -30,11 +27,6 @@ from tests.integration.monitor_support import NIC, T0, alert_mails, body, make_r
 
 # 10:00 London is the default send time; T0 is 08:00 on a Monday in March (GMT).
 SEND_AT = T0 + timedelta(hours=2)
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(intake_mod, "BACKOFF", Backoff.none())
 
 
 def intake_for(rt: Runtime) -> MailIntake:

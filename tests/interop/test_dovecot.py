@@ -24,8 +24,7 @@ from seftpilot.adapters.store import Store
 from seftpilot.config import Settings
 from seftpilot.core.message import Message
 from seftpilot.core.rules import Classification
-from seftpilot.service import intake as intake_mod
-from seftpilot.service.intake import Backoff, MailIntake
+from seftpilot.service.intake import MailIntake
 from tests.fixtures.imap_server import DovecotServer, make_message
 from tests.fixtures.interop import require_tool
 from tests.fixtures.tls import TlsFiles
@@ -45,11 +44,6 @@ def dovecot(test_ca: TlsFiles) -> Iterator[DovecotServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(intake_mod, "BACKOFF", Backoff.none())
 
 
 class Hook:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -112,6 +113,38 @@ def test_backoff_grows_and_never_overruns_the_budget() -> None:
     assert all(s <= 30.0 + 1.0 for s in slept)
     assert sum(slept) <= 60.0
     assert fn.calls == len(slept) + 1
+
+
+@pytest.mark.usefixtures("_real_waits")
+def test_backoff_doubles_from_initial_is_capped_and_never_overflows() -> None:
+    policy = retry.RetryPolicy(wait_initial=1.0, wait_max=300.0, wait_jitter=1.0)
+    assert 1.0 <= retry.backoff(policy, 1) <= 2.0
+    assert 8.0 <= retry.backoff(policy, 4) <= 9.0
+    assert retry.backoff(policy, 10) == 300.0  # 512 s is past the cap
+    assert retry.backoff(policy, 10_000) == 300.0
+    with retry.testing():
+        assert retry.backoff(policy, 4) == 0.0
+
+
+@pytest.mark.usefixtures("_real_waits")
+def test_with_a_stop_event_waits_are_on_it_and_a_stop_ends_the_retrying() -> None:
+    clock = FakeClock(datetime(2026, 1, 5, tzinfo=UTC))
+    stop = threading.Event()
+    calls = 0
+
+    def connect() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            stop.set()  # SIGTERM arrives while the second attempt is failing
+        raise busy()
+
+    policy = retry.RetryPolicy(attempts=10, wait_initial=0.01, wait_jitter=0.0)
+    with pytest.raises(TransientError, match="server busy"):
+        retry.run(connect, what="connect", policy=policy, stop=stop, clock=clock)
+    assert calls == 2
+    # The one wait (0.01 s, after attempt 1) was taken on the stop event, not the clock.
+    assert clock.monotonic() == 0.0
 
 
 def test_decorator_form_keeps_name_and_arguments(no_waits: None) -> None:

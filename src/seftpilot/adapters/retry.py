@@ -13,6 +13,10 @@ Use as a decorator or a call wrapper::
 
     result = run(lambda: client.fetch(uids), what="IMAP fetch")
 
+A long-running loop passes its ``stop`` event: a stop request cuts a wait short and no
+further attempt starts. ``backoff(policy, failures)`` is the same wait for a loop that
+paces itself (the mail intake's pause after a flapping connection).
+
 Tests remove the waits with ``set_testing(True)`` or ``with testing():`` (the attempts
 still happen; the time budget is still checked against the clock). A ``Clock`` may be
 injected, so a FakeClock can show the time bound without real waiting.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,6 +98,20 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransportError) and not exc.permanent
 
 
+def backoff(policy: RetryPolicy, failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: ``wait_initial`` doubling per
+    failure plus up to ``wait_jitter``, capped at ``wait_max``; none at all under testing."""
+    # tenacity's wait_exponential_jitter formula, written out: a pacing loop needs it with no
+    # retry state, and tenacity now deprecates its ``initial`` argument for values other
+    # than 1 (a DeprecationWarning, which fails a test run under -W error).
+    if _testing.is_set():
+        return 0.0
+    # The exponent is capped: 2**64 seconds is past any wait_max, and floats stay finite.
+    grown = policy.wait_initial * 2.0 ** min(max(0, failures - 1), 64)
+    jitter = random.uniform(0.0, policy.wait_jitter)  # noqa: S311 - spreading, not secrecy
+    return max(0.0, min(policy.wait_max, grown + jitter))
+
+
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, SeftpilotError):
         return f"{type(exc).__name__}: {exc.message}"
@@ -105,31 +124,35 @@ def run(
     what: str,
     policy: RetryPolicy = DEFAULT_POLICY,
     clock: Clock | None = None,
+    stop: threading.Event | None = None,
 ) -> T:
     """Call ``fn`` until it returns, raises a non-transient error, or the policy is spent.
 
-    The last error is re-raised as it is (never wrapped in tenacity's RetryError).
+    The last error is re-raised as it is (never wrapped in tenacity's RetryError). With
+    ``stop``, waits are ``stop.wait`` (real time, cut short by a stop request; the budget
+    is still measured on ``clock``) and once it is set no further attempt starts: the
+    last error is re-raised, and the caller decides whether a stop makes it moot.
     """
     clk = clock or SystemClock()
     started = clk.monotonic()
 
-    def stop(state: tenacity.RetryCallState) -> bool:
+    def give_up(state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= policy.attempts:
+            return True
+        if stop is not None and stop.is_set():
             return True
         upcoming = 0.0 if _testing.is_set() else (state.upcoming_sleep or 0.0)
         return clk.monotonic() - started + upcoming > policy.timeout
 
     def wait(state: tenacity.RetryCallState) -> float:
-        if _testing.is_set():
-            return 0.0
-        return float(
-            tenacity.wait_exponential_jitter(
-                initial=policy.wait_initial, max=policy.wait_max, jitter=policy.wait_jitter
-            )(state)
-        )
+        return backoff(policy, state.attempt_number)
 
     def sleep(seconds: float) -> None:
-        if seconds > 0:
+        if seconds <= 0:
+            return
+        if stop is not None:
+            stop.wait(seconds)
+        else:
             clk.sleep(seconds)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -145,7 +168,7 @@ def run(
 
     retrier = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),
-        stop=stop,
+        stop=give_up,
         wait=wait,
         sleep=sleep,
         before_sleep=before_sleep,

@@ -16,10 +16,11 @@ until ``max_attempts``, then abandoned with a ``mail.abandoned`` event for the m
 
 ``run(stop)`` is the long-running loop: take the mailbox lock, connect, catch up, then wait
 (IDLE or poll) and catch up again, recording listening coverage after every successful
-cycle. After any drop it reconnects with tenacity (exponential backoff with jitter, only
-``TransientError`` retried, bounded by attempts and total time) and always catches up before
-waiting again. It honours ``stop`` within about a second. SIGTERM handling and the CLI
-belong to the watcher; ``run_intake(settings, stop)`` is its entry point.
+cycle. After any drop it reconnects under ``RECONNECT``, the project's one retry policy
+(``adapters.retry``: exponential backoff with jitter, only ``TransientError`` retried,
+bounded by attempts and total time) and always catches up before waiting again. It
+honours ``stop`` within about a second. SIGTERM handling and the CLI belong to the
+watcher; ``run_intake(settings, stop)`` is its entry point.
 
 ``preview_mailbox`` is ``rules test --mailbox``: the same parse + classify over the live
 folder with no side effects at all (EXAMINE, BODY.PEEK, no ledger, no lock, no flag/move).
@@ -37,17 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    stop_any,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
-
+from seftpilot.adapters import retry
 from seftpilot.adapters.clock import Clock, SystemClock
 from seftpilot.adapters.imap import FetchedMessage, ImapMailbox
 from seftpilot.adapters.locks import MailboxLock
@@ -77,25 +68,13 @@ DEFAULT_MAX_ATTEMPTS = 5
 RECORD_BATCH_BYTES = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Reconnect policy. Tests set ``intake.BACKOFF = Backoff.none()`` to remove the waits."""
-
-    initial: float = 1.0
-    maximum: float = 300.0
-    jitter: float = 1.0
-    attempts: int = 12
-    total_seconds: float = 1800.0
-
-    @classmethod
-    def none(cls, attempts: int = 5) -> Backoff:
-        return cls(initial=0.0, maximum=0.0, jitter=0.0, attempts=attempts, total_seconds=60.0)
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.maximum, self.initial * (2 ** max(0, failures - 1))))
-
-
-BACKOFF = Backoff()
+# Reconnecting: 12 attempts within 30 minutes, waits from 1 s doubling to 5 minutes (plus up
+# to 1 s of jitter); then the TransientError reaches the watcher. The same growth paces
+# reconnects after a connection that keeps dying before one cycle completes. Tests remove
+# the waits with the retry module's switch (``retry.testing()``), not by editing this.
+RECONNECT = retry.RetryPolicy(
+    attempts=12, timeout=1800.0, wait_initial=1.0, wait_max=300.0, wait_jitter=1.0
+)
 
 
 def account_name(imap: ImapSettings) -> str:
@@ -385,45 +364,31 @@ class MailIntake:
                 # before the next attempt instead of hammering the server.
                 quick_drops = 0 if cycles else quick_drops + 1
                 if quick_drops:
-                    stop.wait(BACKOFF.delay(quick_drops))
+                    stop.wait(retry.backoff(RECONNECT, quick_drops))
 
     def _connect_and_catch_up(self, stop: threading.Event) -> None:
-        backoff = BACKOFF
+        """Connect and catch up, retried under ``RECONNECT`` on the intake's clock (only a
+        TransientError; a stop request cuts a wait short and ends the retrying quietly)."""
 
-        def sleep(seconds: float) -> None:
-            stop.wait(seconds)  # a stop request cuts the backoff short
+        def attempt() -> None:
+            if stop.is_set():
+                return
+            # A fresh token is fetched by connect() on every reconnect.
+            self.mailbox.connect()
+            self.catch_up(stop, kind="catchup")
 
-        def before_sleep(state: RetryCallState) -> None:
-            outcome = state.outcome
-            error = outcome.exception() if outcome is not None else None
-            log.warning(
-                "%s: cannot reach the mailbox (attempt %s): %s",
-                self.account,
-                state.attempt_number,
-                error,
+        try:
+            retry.run(
+                attempt,
+                what=f"reaching the mailbox {self.account}",
+                policy=RECONNECT,
+                clock=self.clock,
+                stop=stop,
             )
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_any(
-                stop_after_attempt(backoff.attempts),
-                stop_after_delay(backoff.total_seconds),
-                _StopWhenSet(stop),
-            ),
-            wait=wait_exponential_jitter(
-                multiplier=backoff.initial, max=backoff.maximum, jitter=backoff.jitter
-            ),
-            sleep=sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                if stop.is_set():
-                    return
-                # A fresh token is fetched by connect() on every reconnect.
-                self.mailbox.connect()
-                self.catch_up(stop, kind="catchup")
+        except TransientError:
+            if stop.is_set():
+                return  # stopping anyway: the outer loop ends, the lock is released
+            raise
 
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
         with self.mail.store.transaction() as conn:
@@ -434,16 +399,6 @@ class MailIntake:
                 subject_type="mailbox",
                 detail={"account": self.account, "folder": self.folder, **detail},
             )
-
-
-class _StopWhenSet(stop_base):
-    """Stop retrying as soon as the service is asked to stop."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.event.is_set()
 
 
 @dataclass(frozen=True)
