@@ -120,6 +120,22 @@ def test_duplicates_and_added_and_deleted() -> None:
     assert "3 ADD, 1 DELETE" in next(p for p in report.problems if p.code == "mixed_status").message
 
 
+def test_an_action_change_in_a_later_block_is_mixed_status() -> None:
+    """Each block is fed on its own (the fast path settles a block's action from the
+    previous block's first): a DELETE block after ADD blocks is still caught, at its row."""
+    adds = lines(LEGACY, [row(i) for i in range(20)])
+    deletes = lines(LEGACY, [row(i) for i in range(20, 30)], "DELETE").split(b"\r\n", 1)[1]
+    validator = CohortValidator(LEGACY, file_name=f"{NIC}.csv", nic=NIC)
+    for piece in adds.splitlines(keepends=True) + [deletes]:
+        validator.feed(piece)
+    report = validator.finish()
+    assert (21, "STATUS", "mixed_status") in codes(report)
+    assert (
+        "20 ADD, 10 DELETE" in next(p for p in report.problems if p.code == "mixed_status").message
+    )
+    assert report.action is None
+
+
 def test_duplicates_found_across_blocks_fed_separately() -> None:
     data = lines(LEGACY, [row(i) for i in range(5)] + [row(2)])
     validator = CohortValidator(LEGACY, file_name=f"{NIC}.csv", nic=NIC)

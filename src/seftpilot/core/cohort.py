@@ -432,6 +432,7 @@ class CohortValidator:
         self._stray_cr = 0
         self._no_final_eol = False
         self._quote_parts: list[bytes] | None = None
+        self._last_tail: int | None = None  # index in status_tails of the last block's action
         self._quote_len = 0  # bytes in _quote_parts, kept as they come (no re-summing)
         self._quote_row = 0
 
@@ -541,12 +542,19 @@ class CohortValidator:
             status: str | None = None
             regex: _LineRegex | None = fast.block_status
             if fast.status_tails is not None:
-                counts = [(value, block.count(tail)) for value, tail in fast.status_tails]
-                present = [value for value, count in counts if count]
-                if sum(count for _, count in counts) != n:
-                    regex = None  # a line without a valid status: diagnose line by line
-                elif len(present) == 1:
-                    status, regex = present[0], fast.block
+                # The previous block's action first: a file has one, so a single count
+                # (a pass over the block) usually settles it.
+                tails = fast.status_tails
+                if self._last_tail is not None and block.count(tails[self._last_tail][1]) == n:
+                    status, regex = tails[self._last_tail][0], fast.block
+                else:
+                    counts = [(value, block.count(tail)) for value, tail in tails]
+                    present = [value for value, count in counts if count]
+                    if sum(count for _, count in counts) != n:
+                        regex = None  # a line without a valid status: diagnose line by line
+                    elif len(present) == 1:
+                        status, regex = present[0], fast.block
+                        self._last_tail = [value for value, _ in tails].index(status)
             if regex is not None:
                 matches = regex.pattern.findall(block)
                 if len(matches) == n:
