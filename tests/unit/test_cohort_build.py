@@ -303,8 +303,9 @@ def test_simple_split_is_what_csv_reads_or_declines(rows: list[list[str]]) -> No
         assert got == [[r[i] for r in parsed] for i in (0, 2, 1)]
     plain = [[v for v in r if v and not set(v) & set(',"\r\n')] for r in rows]
     plain = [r + ["x"] * (3 - len(r)) for r in plain if len(r) <= 3]
-    if plain:  # what it must not decline: plain values, one line each
-        assert split_simple_block(_csv_text(plain), 3, [0, 1, 2]) is not None
+    if plain:  # what it must not decline: plain values, one line each, LF or CRLF
+        for eol in ("\n", "\r\n"):
+            assert split_simple_block(_csv_text(plain, eol), 3, [0, 1, 2]) is not None
 
 
 @settings(max_examples=150, deadline=None)

@@ -126,7 +126,7 @@ def test_an_action_change_in_a_later_block_is_mixed_status() -> None:
     adds = lines(LEGACY, [row(i) for i in range(20)])
     deletes = lines(LEGACY, [row(i) for i in range(20, 30)], "DELETE").split(b"\r\n", 1)[1]
     validator = CohortValidator(LEGACY, file_name=f"{NIC}.csv", nic=NIC)
-    for piece in adds.splitlines(keepends=True) + [deletes]:
+    for piece in [*adds.splitlines(keepends=True), deletes]:
         validator.feed(piece)
     report = validator.finish()
     assert (21, "STATUS", "mixed_status") in codes(report)

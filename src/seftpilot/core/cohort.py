@@ -909,15 +909,16 @@ def split_simple_block(text: str, n_source: int, wanted: Sequence[int]) -> list[
     """
     if '"' in text or _MARK in text or not text.endswith("\n"):
         return None
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        if "\r" in text:
-            return None
-    if text.startswith("\n") or "\n\n" in text:
-        return None
     lines = text.count("\n")
+    eol = "\n"
+    if "\r" in text:  # CRLF on every line (csv.writer's default), or csv's turn
+        if text.count("\r\n") != lines or text.count("\r") != lines:
+            return None
+        eol = "\r\n"
+    if text.startswith(eol) or eol + eol in text:
+        return None  # a blank line
     width = n_source + 1
-    flat = text.replace("\n", "," + _MARK + ",").split(",")
+    flat = text.replace(eol, "," + _MARK + ",").split(",")
     flat.pop()  # the empty string after the last marker
     if len(flat) != lines * width or flat[n_source::width].count(_MARK) != lines:
         return None
@@ -957,6 +958,16 @@ _POSTCODE_ONE = re.compile(r"(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?")
 _PRINTABLE_LF = bytes(range(0x20, 0x7F)) + b"\n"
 _NHS_OTHER = _line_run(r"[0-9]{10}")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _ten_digit_column(joined: str, count: int) -> bytes | None:
+    """The digits of a column of ``count`` values joined with newlines, when every value
+    is ten ASCII digits (a newline at every 11th place, digits elsewhere); else None."""
+    if len(joined) == 11 * count - 1 and joined[10::11].count("\n") == count - 1:
+        digits = joined.replace("\n", "")
+        if digits.isascii() and digits.isdigit():
+            return digits.encode("ascii")
+    return None
 
 
 def _ascii_digits(value: str) -> bool:
@@ -1242,14 +1253,26 @@ class CohortBuilder:
         self, spec: FieldSpec, col: list[str], joined: str
     ) -> tuple[list[str], Iterable[int], bool]:
         count = len(col)
-        # Every value ten characters (a newline at every 11th place) and all digits:
-        # canonical, and modulus 11 for the whole column in one packed check.
-        if len(joined) == 11 * count - 1 and joined[10::11].count("\n") == count - 1:
-            digits = joined.replace("\n", "")
-            if digits.isascii() and digits.isdigit():
-                return col, nhs_number.invalid_packed(digits.encode("ascii")), False
+        digits = _ten_digit_column(joined, count)
+        if digits is not None:
+            # Every value ten digits: canonical, and modulus 11 for the whole column in
+            # one packed check.
+            return col, nhs_number.invalid_packed(digits), False
+        if (
+            ("-" in joined or " " in joined)
+            and joined.isascii()
+            and not joined.encode("ascii").translate(None, _PRINTABLE_LF)
+        ):
+            # Printable ASCII: normalising a value is removing its spaces and dashes, so
+            # the whole column is normalised with two replaces (numbers written 999 123
+            # 4567 or 999-123-4567, by some or all rows).
+            joined = joined.replace(" ", "").replace("-", "")
+            col = joined.split("\n")
+            digits = _ten_digit_column(joined, count)
+            if digits is not None:
+                return col, nhs_number.invalid_packed(digits), False
         # Otherwise only the values that are neither ten digits nor empty (one scan) can
-        # change: normalised one by one (spaces and dashes go).
+        # change: normalised one by one.
         others = _other_lines(_NHS_OTHER, joined)
         col = self._fix(col, others, lambda v: nhs_number.normalise(normalise_text(v)))
         not_ten = {i for i in others if not (len(col[i]) == 10 and _ascii_digits(col[i]))}
