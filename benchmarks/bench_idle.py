@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from seftpilot.adapters.rules_files import default_rules_path  # noqa: E402
+from tests.fixtures.site_config import watch_site  # noqa: E402
+
 from seftpilot.sandbox.servers import ImapServer, SmtpServer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -44,36 +45,6 @@ def rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def write_config(path: Path, imap: ImapServer, smtp: SmtpServer) -> None:
-    path.write_text(
-        f"""
-state_dir = "state"
-rules = ["{default_rules_path()}"]
-[imap]
-host = "{imap.host}"
-port = {imap.port}
-security = "plain"
-username = "{imap.username}"
-password = "{imap.password}"
-idle = true
-[smtp]
-host = "{smtp.host}"
-port = {smtp.port}
-security = "plain"
-from_address = "seftpilot@study.example"
-[operator]
-emails = ["operator@study.example"]
-[canary]
-enabled = false
-[[agreement]]
-nic = "NIC-402963-P0Y5D"
-[agreement.upload]
-transport = "manual"
-""",
-        encoding="utf-8",
-    )
 
 
 def start_watch(
@@ -138,8 +109,7 @@ def main() -> None:
     imap = ImapServer().start()
     smtp = SmtpServer()
     with tempfile.TemporaryDirectory(prefix="seftpilot-bench-idle-") as tmp:
-        config = Path(tmp) / "seftpilot.toml"
-        write_config(config, imap, smtp)
+        config = watch_site(Path(tmp), imap, smtp)
         log = Path(tmp) / "watch.log"
         proc = start_watch(config, log)
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from seftpilot.cli import run
+from tests.fixtures.site_config import site_config
 
 
 def test_init_writes_commented_config_rules_and_env_example(tmp_path: Path) -> None:
@@ -36,8 +37,8 @@ def test_init_keeps_existing_files_unless_forced(
 def test_config_error_names_key_and_file_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = tmp_path / "bad.toml"
-    cfg.write_text('[[agreement]]\nnic = "NIC-1-X"\n[imap]\nprot = 993\n')
+    # Two mistakes: a NIC in the wrong form and a misspelt key (imap.prot).
+    cfg = site_config(tmp_path, name="bad.toml", agreement=[{"nic": "NIC-1-X"}], imap={"prot": 993})
     assert run(["check", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert str(cfg) in err

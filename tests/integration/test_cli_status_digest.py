@@ -12,6 +12,7 @@ import pytest
 from seftpilot.adapters.ledger_store import LedgerStore, RefRow
 from seftpilot.adapters.store import Store
 from seftpilot.cli import run
+from tests.fixtures.site_config import site_config, smtp_table
 from tests.fixtures.smtp_server import SmtpServer
 
 NIC = "NIC-402963-P0Y5D"
@@ -25,26 +26,22 @@ SECRETS = {
 def site(tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
-    (tmp_path / "seftpilot.toml").write_text(
-        f'state_dir = "{tmp_path / "state"}"\n'
-        "[[agreement]]\n"
-        f'nic = "{NIC}"\n'
-        "[operator]\n"
-        'emails = ["ops@study.example"]\n'
-        "[imap]\n"
-        'host = "127.0.0.1"\n'
-        'username = "study@example.org"\n'
-        "[smtp]\n"
-        f'host = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "plain"\n'
+    config = site_config(
+        tmp_path,
+        state_dir=tmp_path / "state",
+        agreement=[{"nic": NIC}],
+        operator={"emails": ["ops@study.example"]},
+        # No password in the file: both come from the environment (SECRETS).
+        imap={"host": "127.0.0.1", "username": "study@example.org"},
         # No smtp.username: the password is configured (and must stay hidden) but unused.
-        'from_address = "seftpilot@study.example"\n'
+        smtp=smtp_table(smtp_server),
     )
     with Store(tmp_path / "state") as store:
         ledger = LedgerStore(store)
         now = datetime.now(UTC)
         sub = ledger.create_submission(NIC, "ADD", [RefRow("S1", "9990000018")], at=now)
         ledger.make_due(sub, at=now)
-    return tmp_path / "seftpilot.toml"
+    return config
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from seftpilot.cli import run
 from seftpilot.config import load_settings
 from seftpilot.service.intake import MailIntake, account_name
 from tests.fixtures.imap_server import ImapTestServer
+from tests.fixtures.site_config import imap_table, site_config
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_mail"
 # (sample, flags it carries on the server before the preview)
@@ -34,24 +35,15 @@ MAILBOX = [
 
 
 def _config(tmp_path: Path, server: ImapTestServer) -> Path:
-    path = tmp_path / "seftpilot.toml"
-    path.write_text(
-        f"""
-state_dir = "state"
-rules = ["{default_rules_path()}"]
-[imap]
-host = "{server.host}"
-port = {server.port}
-security = "plain"
-username = "{server.username}"
-password = "{server.password}"
-timeout_seconds = 10
-after_handling = "move"
-move_to = "seftpilot/handled"
-""",
-        encoding="utf-8",
+    # after_handling=move: the preview must not create the "handled" folder even so.
+    return site_config(
+        tmp_path,
+        state_dir="state",
+        rules=[default_rules_path()],
+        imap=imap_table(
+            server, timeout_seconds=10, after_handling="move", move_to="seftpilot/handled"
+        ),
     )
-    return path
 
 
 def _expected(name: str) -> dict[str, object]:

@@ -11,42 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from seftpilot.adapters.rules_files import default_rules_path
 from seftpilot.cli import run
 from tests.fixtures.imap_server import ImapTestServer, make_message
+from tests.fixtures.site_config import OPERATOR, watch_site
 from tests.fixtures.smtp_server import ReceivedMail, SmtpServer
 
 
-def _write_config(path: Path, imap: ImapTestServer, smtp: SmtpServer) -> Path:
-    path.write_text(
-        f"""
-state_dir = "state"
-rules = ["{default_rules_path()}"]
-[imap]
-host = "{imap.host}"
-port = {imap.port}
-security = "plain"
-username = "{imap.username}"
-password = "{imap.password}"
-idle = true
-poll_interval_seconds = 1
-[smtp]
-host = "{smtp.host}"
-port = {smtp.port}
-security = "plain"
-from_address = "seftpilot@study.example"
-[operator]
-emails = ["operator@study.example"]
-[canary]
-enabled = false
-[[agreement]]
-nic = "NIC-402963-P0Y5D"
-[agreement.upload]
-transport = "manual"
-""",
-        encoding="utf-8",
-    )
-    return path
+def _config(directory: Path, imap: ImapTestServer, smtp: SmtpServer) -> Path:
+    # IDLE, and a 1 s poll should the server not offer it (the default 60 s would outlast
+    # the alert test's 30 s wait).
+    return watch_site(directory, imap, smtp, imap={"poll_interval_seconds": 1})
 
 
 def _text(mail: ReceivedMail) -> str:
@@ -66,7 +40,7 @@ def _wait_for(predicate: object, timeout: float = 30.0) -> None:
 def test_watch_alerts_on_unmatched_mail_and_stops_on_sigterm(
     tmp_path: Path, imap_server: ImapTestServer, smtp_server: SmtpServer
 ) -> None:
-    config = _write_config(tmp_path / "seftpilot.toml", imap_server, smtp_server)
+    config = _config(tmp_path, imap_server, smtp_server)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEFTPILOT_")}
     log_path = tmp_path / "watch.log"
     with log_path.open("w") as log_file:
@@ -100,7 +74,7 @@ def test_watch_alerts_on_unmatched_mail_and_stops_on_sigterm(
     assert "service stopped" in stderr
     assert imap_server.password not in stderr
     alert = next(m for m in smtp_server.messages if "Lunch on Friday?" in _text(m))
-    assert "operator@study.example" in alert.rcpt_tos
+    assert OPERATOR in alert.rcpt_tos
     assert "Mail needs you" in _text(alert)
 
 
@@ -110,7 +84,7 @@ def test_watch_once_handles_backlog_then_exits(
     smtp_server: SmtpServer,
     capsys: object,
 ) -> None:
-    config = _write_config(tmp_path / "seftpilot.toml", imap_server, smtp_server)
+    config = _config(tmp_path, imap_server, smtp_server)
     for n in range(3):
         imap_server.append(make_message(n, subject=f"unrelated {n}", sender="x@study.example"))
     assert run(["watch", "--once", "--json", "--config", str(config)]) == 0

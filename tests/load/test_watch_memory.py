@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from benchmarks.bench_idle import rss_mb, write_config
+from benchmarks.bench_idle import rss_mb
 
 from tests.fixtures.imap_server import ImapTestServer
+from tests.fixtures.site_config import watch_site
 from tests.fixtures.smtp_server import SmtpServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +53,7 @@ def test_rss_does_not_grow_over_a_long_watch(
     tmp_path: Path, imap_server: ImapTestServer, smtp_server: SmtpServer
 ) -> None:
     seconds = SOAK_SECONDS
-    config = tmp_path / "seftpilot.toml"
-    write_config(config, imap_server, smtp_server)
+    config = watch_site(tmp_path, imap_server, smtp_server)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEFTPILOT_")}
     log = tmp_path / "watch.log"
     with log.open("wb") as handle:

@@ -40,6 +40,7 @@ from seftpilot.service.assemble import run_once
 from seftpilot.service.runtime import Runtime
 from seftpilot.service.submit import submit_next
 from tests.fixtures.imap_server import ImapTestServer
+from tests.fixtures.site_config import imap_table, sftp_table, site_config, smtp_table
 from tests.fixtures.smtp_server import SmtpServer
 from tests.fixtures.tls import TlsFiles
 from tests.integration.forward_support import returned_csv
@@ -90,55 +91,35 @@ def site(
         (seft.root / folder).mkdir()
     site_dir = tmp_path / "site"
     site_dir.mkdir()
-    config = site_dir / "seftpilot.toml"
-
-    def endpoint(server: SftpServer, remote_dir: str, password: str | None) -> str:
-        secret = f'password = "{password}"\n' if password else ""
-        return (
-            f'host = "{server.host}"\nport = {server.port}\nusername = "{server.username}"\n'
-            f'{secret}known_hosts = "{server.known_hosts}"\nremote_dir = "{remote_dir}"\n'
-        )
-
-    config.write_text(
-        f"""
-state_dir = "state"
-rules = ["{REPO / "src/seftpilot/default_rules"}"]
-[imap]
-host = "{imap.host}"
-port = {imap.port}
-security = "plain"
-username = "{imap.username}"
-[smtp]
-host = "{smtp.host}"
-port = {smtp.port}
-security = "starttls"
-username = "sender"
-from_address = "seftpilot@study.example"
-ca_file = "{test_ca.ca_file}"
-[operator]
-emails = ["{OPERATOR}"]
-[canary]
-enabled = false
-[partner]
-passphrase_recipients = ["{KEYS}"]
-announce_recipients = ["{DATA}"]
-retention_days = 7
-backend = "py7zr"
-[partner.sftp]
-{endpoint(partner, "/", None)}
-[[agreement]]
-nic = "{NIC}"
-[agreement.upload]
-transport = "sftp"
-outbox = "outbox"
-[agreement.upload.sftp]
-{endpoint(seft, "/upload", SEFT_SECRET)}
-[agreement.download]
-source = "sftp"
-[agreement.download.sftp]
-{endpoint(seft, "/download", SEFT_SECRET)}
-""",
-        encoding="utf-8",
+    config = site_config(
+        site_dir,
+        state_dir="state",
+        rules=[REPO / "src/seftpilot/default_rules"],
+        imap=imap_table(imap, password=None),  # from the environment, below
+        smtp=smtp_table(smtp, security="starttls", username="sender", ca_file=test_ca.ca_file),
+        operator={"emails": [OPERATOR]},
+        canary={"enabled": False},
+        partner={
+            "passphrase_recipients": [KEYS],
+            "announce_recipients": [DATA],
+            "retention_days": 7,
+            "backend": "py7zr",
+            "sftp": sftp_table(partner),  # its password from the environment, below
+        },
+        agreement=[
+            {
+                "nic": NIC,
+                "upload": {
+                    "transport": "sftp",
+                    "outbox": "outbox",
+                    "sftp": sftp_table(seft, remote_dir="/upload", password=SEFT_SECRET),
+                },
+                "download": {
+                    "source": "sftp",
+                    "sftp": sftp_table(seft, remote_dir="/download", password=SEFT_SECRET),
+                },
+            }
+        ],
     )
     # The operator keeps these passwords in the environment (.env), as the docs advise.
     monkeypatch.setenv("SEFTPILOT_IMAP__PASSWORD", IMAP_SECRET)
