@@ -15,10 +15,14 @@ per-value rules of ``core.cohort_rules``, which remain the single source of trut
   (``findall`` over the block) proves every field's format at once and captures only the
   reference, NHS number and status. NHS numbers get a table-driven modulus 11, references
   go into a set. Lines the regex rejects get the full diagnosis.
-- build: source rows arrive in batches and are transposed into columns; each column is
-  normalised and checked with column-wide operations (one join, one regex or set test);
-  only the values of a column that fails are looked at one by one, and only rows with a
-  failing value are diagnosed. Rows are rendered with one ``str.format`` per row.
+- build: a block of whole source lines is split into columns with one ``replace`` and
+  one ``split`` (blocks ``csv`` must read arrive as rows and are transposed); each column
+  is normalised and checked with column-wide operations: one join, then one regex scan
+  that skips runs of canonical values in C and stops only at the others, a
+  ``bytes.translate``, a set test, or one ``replace`` for the whole column (ISO dates,
+  NHS numbers with spaces). Only the values a scan stops at are normalised one by one,
+  and only rows with a failing value are diagnosed. Rows are rendered by joining one
+  prepared list per block.
 """
 
 from __future__ import annotations
