@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--imports", action="store_true")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     imap = ImapServer().start()
     smtp = SmtpServer()
     with tempfile.TemporaryDirectory(prefix="seftpilot-bench-idle-") as tmp:
@@ -128,6 +129,13 @@ def main() -> None:
         per_min = (cpu1 - cpu0) / wall_min
         peak = max(samples)
         print(f"idle watch for {t1 - t0:.0f} s after {args.warmup:.0f} s warm-up (exit {code})")
+        # The machine is shared: RSS does not depend on other load, the CPU figure can.
+        print(
+            "load average (1/5/15 min): before "
+            + " ".join(f"{v:.2f}" for v in load_before)
+            + ", after "
+            + " ".join(f"{v:.2f}" for v in os.getloadavg())
+        )
         print(
             f"RSS: after warm-up {rss0:.1f} MB, peak {peak:.1f} MB, end {samples[-1]:.1f} MB "
             f"(budget < 80 MB) -> {'OK' if peak < 80 else 'OVER BUDGET'}"

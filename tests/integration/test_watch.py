@@ -94,3 +94,37 @@ def test_watch_once_handles_backlog_then_exits(
     assert run(["watch", "--once", "--json", "--config", str(config)]) == 0
     out = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
     assert out["mail"]["fetched"] == 0
+
+
+def test_an_idle_watch_pass_loads_neither_sftp_nor_7z(
+    tmp_path: Path, imap_server: ImapTestServer, smtp_server: SmtpServer
+) -> None:
+    """The idle budget (under 80 MB RSS, DESIGN.md): paramiko and py7zr, with what they pull
+    in (cryptography, nacl, pycryptodomex...), load on the first transfer, not at start-up.
+    They were over 20 MB of an idle watch's 77 MB when the service modules imported them at
+    the top. A fresh process, so the other tests' imports do not count."""
+    config = _config(tmp_path, imap_server, smtp_server)
+    imap_server.append(make_message(1, subject="unrelated", sender="x@study.example"))
+    heavy = ("paramiko", "py7zr", "nacl", "Cryptodome")
+    code = (
+        "import sys\n"
+        "from seftpilot.cli import run\n"
+        "code = run(['watch', '--once', '--json', '--config', sys.argv[1]])\n"
+        f"loaded = [m for m in {heavy!r} if m in sys.modules]\n"
+        "print('exit', code, 'loaded', *loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEFTPILOT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    last = done.stdout.strip().splitlines()[-1:]
+    assert last == ["exit 0 loaded"], (done.stdout[-2000:], done.stderr[-2000:])
+    # The pass did run: the message was fetched and handled (the JSON line before ours).
+    out = json.loads(done.stdout[: done.stdout.rindex("exit 0")])
+    assert out["mail"]["fetched"] == 1 and out["mail"]["handled"] == 1
