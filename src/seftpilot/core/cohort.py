@@ -1063,7 +1063,7 @@ class CohortBuilder:
         ).format
         # ISO dates (what databases export) become a year-first profile format with one
         # replace over the joined column: `_iso_sep` is that format's separator, None when
-        # the profile's dates are not year-first. `_iso_not_valid` finds the lines that are
+        # the profile's dates are not year-first. `_iso_other` finds the lines that are
         # neither empty nor a valid ISO date within the years accepted (29 February among
         # them: it needs the leap-year test); only those go value by value.
         iso = re.fullmatch(r"YYYY([-/. ]?)MM\1DD", profile.date_format)
