@@ -285,6 +285,17 @@ def test_several_agreements_need_nic(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["agreement"] == "NIC-111111-AAAAA"
 
 
+def test_error_text_in_square_brackets_is_printed_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The terminal's style markup once swallowed "[[agreement]]", leaving "no [] is configured".
+    (tmp_path / "seftpilot.toml").write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    assert run(["pool", "show", "--config", str(tmp_path / "seftpilot.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "no [[agreement]] is configured" in err
+    assert "add an [[agreement]] section" in err
+
+
 def test_campaign_cancel_lets_a_new_plan_be_applied(
     site: Path, ledger: LedgerStore, capsys: pytest.CaptureFixture[str]
 ) -> None:

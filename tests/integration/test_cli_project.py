@@ -70,3 +70,11 @@ def test_environment_overrides_file_and_secret_never_prints(
 def test_usage_error_exits_2() -> None:
     assert run(["no-such-command"]) == 2
     assert os.EX_USAGE != 2  # documents that we follow click's 2, not sysexits' 64
+
+
+def test_check_prints_bracketed_names_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = site_config(tmp_path, rules=[str(tmp_path / "none")])
+    assert run(["check", "--config", str(cfg)]) == 1
+    assert "no [[agreement]] configured" in capsys.readouterr().out

@@ -101,6 +101,24 @@ def test_broken_rules_file_exits_1_naming_file_line_and_rule(
     assert f"{rules}:6: rule 'nhs-failure'" in capsys.readouterr().err
 
 
+def test_a_regex_in_an_error_is_printed_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "[a-z]" looks like a style tag to the terminal; it must reach the operator intact.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: broken\n"
+        "    class: notice\n"
+        "    action: ignore\n"
+        "    when:\n"
+        "      subject: {regex: '[a-z]('}\n"
+        "  - {name: default, class: unmatched, action: alert}\n"
+    )
+    assert run(["rules", "check", "--rules", str(rules)]) == 1
+    assert "bad regex '[a-z]('" in capsys.readouterr().err
+
+
 def test_shadowed_rule_is_reported_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from seftpilot.config import Settings, load_settings
 from seftpilot.errors import SeftpilotError
@@ -29,8 +30,10 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 # Human output goes to stdout; errors and progress to stderr, so --json stays parseable.
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup is off unless a call asks for it: what we print is mostly data (messages naming
+# `[[agreement]]`, regexes like `[a-z]`), and rich would swallow it as style tags.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def settings(config: Path | None, *, required: bool = False) -> Settings:
@@ -44,6 +47,6 @@ def emit_json(document: Any) -> None:
 
 
 def print_error(exc: SeftpilotError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
     if exc.hint:
-        err_console.print(f"  [bold]hint:[/] {exc.hint}", markup=True)
+        err_console.print(f"  [bold]hint:[/] {escape(exc.hint)}", markup=True)

@@ -75,7 +75,7 @@ def resolve_rules_paths(config: Path | None, rules: list[Path] | None) -> tuple[
 
 
 def _note(text: str) -> None:
-    err_console.print(f"[dim]{text}[/]", markup=True)
+    err_console.print(f"[dim]{escape(text)}[/]", markup=True)
 
 
 def _error_dict(exc: RulesError) -> dict[str, Any]:
@@ -96,8 +96,8 @@ def _explain_dict(result: Classification) -> dict[str, Any]:
 
 def _render(file: str, result: Classification, defects: tuple[str, ...], explain: bool) -> None:
     console.print(
-        f"[bold]{file}[/]: rule [cyan]{result.rule}[/] -> class {result.class_}, "
-        f"action {result.action}" + (f" {dict(result.params)}" if result.params else ""),
+        f"[bold]{escape(file)}[/]: rule [cyan]{escape(result.rule)}[/] -> class {result.class_}, "
+        f"action {result.action}" + (escape(f" {dict(result.params)}") if result.params else ""),
         markup=True,
     )
     if result.captures:
@@ -173,13 +173,16 @@ def check_cmd(config: ConfigOpt = None, rules: RulesOpt = None, json_out: JsonOp
     else:
         _note(source)
         for error in report.errors:
-            err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+            err_console.print(
+                f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False
+            )
             if error.hint:
                 err_console.print(f"  hint: {error.hint}", markup=False)
         for problem in report.lint:
             where = f"{problem.origin}: " if problem.origin else ""
             console.print(
-                f"[yellow]warning:[/] {where}rule {problem.rule!r}: {problem.message}", markup=True
+                f"[yellow]warning:[/] {escape(f'{where}rule {problem.rule!r}: {problem.message}')}",
+                markup=True,
             )
         if report.ok and report.ruleset is not None:
             console.print(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json, settings
 from seftpilot.errors import ConfigError
@@ -85,8 +86,11 @@ def register(app: typer.Typer) -> None:
             emit_json(report)
         else:
             for item in report["checks"]:
-                mark = "[green]ok[/]" if item["ok"] else "[red]FAIL[/]"
-                console.print(f"{mark:>14}  {item['name']}: {item['detail']}")
+                # Pad before styling: the markup's length would skew the column.
+                mark = "[green]  ok[/]" if item["ok"] else "[red]FAIL[/]"
+                console.print(
+                    f"{mark}  {escape(item['name'])}: {escape(item['detail'])}", markup=True
+                )
         if not report["ok"]:
             raise typer.Exit(1)
 
