@@ -320,3 +320,14 @@ def test_campaign_cancel_lets_a_new_plan_be_applied(
     # Cancelling twice is refused and changes nothing.
     assert run(["campaign", "cancel", str(campaign_id), *reason, *cfg(site)]) == 1
     assert "not allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["pool", "show", "--nic", NIC], ["campaign", "list", "--nic", NIC]]
+)
+def test_without_a_settings_file_is_a_usage_error_and_creates_no_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert run(command) == 2
+    assert "configuration file not found" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -119,3 +119,15 @@ def test_digest_send_without_recipients_is_a_config_error(
     code, text = cli(capsys, "digest", "--send", "--config", str(config))
     assert code == 2
     assert "operator.emails" in text
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["digest"]])
+def test_without_a_settings_file_nothing_is_reported_or_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Run from the wrong directory: a usage error, not "1 thing needs you" about an empty
+    # ledger it has just created in ./state.
+    assert run(command) == 2
+    captured = capsys.readouterr()
+    assert "configuration file not found" in captured.err and captured.out == ""
+    assert not (tmp_path / "state").exists()

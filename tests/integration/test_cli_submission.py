@@ -177,3 +177,14 @@ def test_confirm_refuses_a_time_in_the_future_or_a_submission_not_waiting(
     assert "in the future" in capsys.readouterr().err
     assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "yesterday")) == 1
     assert "not an ISO 8601 time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["submit"], ["submission", "list"], ["submission", "show", "1"]]
+)
+def test_without_a_settings_file_is_a_usage_error_and_creates_no_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert run(command) == 2
+    assert "configuration file not found" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -140,3 +140,12 @@ def test_forward_without_partner_is_a_configuration_error(
     (tmp_path / "seftpilot.toml").write_text(f'state_dir = "state"\n[[agreement]]\nnic = "{NIC}"\n')
     assert run(["forward", "--config", str(tmp_path / "seftpilot.toml")]) == 2
     assert "partner.sftp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["delivery", "list"], ["delivery", "show", "1"]])
+def test_delivery_without_a_settings_file_is_a_usage_error_and_creates_no_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert run(command) == 2
+    assert "configuration file not found" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -37,6 +37,8 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False
 
 
 def settings(config: Path | None, *, required: bool = False) -> Settings:
+    """The settings; ``required`` for every command that reads or writes the ledger: run
+    from the wrong directory, it must say so, not open an empty ./state and report on it."""
     return load_settings(config, required=required)
 
 

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             status_document,
         )
 
-        with Runtime(settings(config)) as runtime:
+        with Runtime(settings(config, required=True)) as runtime:
             if send:
                 result = send_digest(runtime, force=force)
                 doc = {

@@ -45,7 +45,7 @@ IdArg = Annotated[int, typer.Argument(help="The delivery's number (see `delivery
 
 @contextmanager
 def open_runtime(config: Path | None) -> Iterator[Runtime]:
-    runtime = Runtime(settings(config), clock_factory())
+    runtime = Runtime(settings(config, required=True), clock_factory())
     try:
         yield runtime
     finally:

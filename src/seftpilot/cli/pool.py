@@ -46,7 +46,7 @@ STUCK_COLUMNS = [
 @contextmanager
 def open_ledger(config: Path | None, nic: str | None) -> Iterator[tuple[Agreement, LedgerStore]]:
     """The agreement (``--nic``, or the only one) and the configured state directory's ledger."""
-    cfg = settings(config)
+    cfg = settings(config, required=True)
     agreement = cfg.agreement_for(nic)
     with Store(cfg.state_dir) as store:
         yield agreement, LedgerStore(store)

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         happens next. Exits 1 when something needs you."""
         from seftpilot.service.monitor import current_digest, render_digest, status_document
 
-        with Runtime(settings(config)) as runtime:
+        with Runtime(settings(config, required=True)) as runtime:
             if json_:
                 doc = status_document(runtime)
                 emit_json(doc)
