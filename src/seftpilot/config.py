@@ -11,6 +11,7 @@ Secrets are ``SecretStr`` so they never print; a secret may also be read from a 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from datetime import date, time
@@ -302,10 +303,13 @@ def load_settings(
     toml_path = config_path(path)
     if not toml_path.exists():
         if required or path is not None:
+            # The absolute path: "seftpilot.toml" alone does not say which directory the
+            # command was run from, the usual mistake.
             raise ConfigError(
                 "configuration file not found",
-                file=str(toml_path),
-                hint="run `seftpilot init` to write an example, or pass --config PATH",
+                file=str(toml_path.absolute()),
+                hint="run seftpilot from the site's directory, pass --config PATH or set "
+                "SEFTPILOT_CONFIG; `seftpilot init` writes a new one",
             )
         toml_file: Path | None = None
     else:
@@ -323,16 +327,102 @@ def load_settings(
         resolved._base_dir = base
         return resolved
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or None
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise _validation_error(exc, toml_file) from None
+    except OSError as exc:
         raise ConfigError(
-            f"{first['msg']}{more}",
-            key=key,
-            file=str(toml_file) if toml_file else "(environment)",
-            hint="fix the value, or see `seftpilot init` for a commented example",
+            f"cannot read: {exc.strerror or exc}",
+            file=str(toml_path),
+            hint="check that the path names the settings file and that this user may read it",
         ) from None
-    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigError(f"cannot read: {exc}", file=str(toml_path)) from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError: the message names line and column
+        raise ConfigError(
+            f"not valid TOML: {exc}",
+            file=str(toml_path),
+            hint="fix that line: a key written twice, a missing quote or bracket, or a "
+            'value without quotes (text needs "...")',
+        ) from None
     finally:
         Settings._toml_path = None
+
+
+def _env_source(loc: tuple[str | int, ...]) -> str | None:
+    """Where the value at ``loc`` came from if not the file: the environment or ``.env``."""
+    if any(isinstance(p, int) for p in loc):
+        return None  # lists of tables ([[agreement]]) only come from the file
+    name = "SEFTPILOT_" + "__".join(str(p) for p in loc).upper()
+    if any(k.upper() == name for k in os.environ):
+        return f"environment variable {name}"
+    try:
+        lines = Path(".env").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if any(line.split("=", 1)[0].strip().upper() == name for line in lines):
+        return f"{name} in {Path('.env').absolute()}"
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings section a field holds: ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys allowed in the section that holds ``loc[-1]``."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an index into [[agreement]]: same section
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _describe(error: Any) -> tuple[str, str | None]:
+    """One pydantic error as (message, key), in the operator's words."""
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or None
+    if error["type"] == "extra_forbidden" and loc:
+        name = str(loc[-1])
+        section = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+        where = f"in [{section}]" if section else "at the top level"
+        message = f"unknown key {name!r} {where}"
+        close = difflib.get_close_matches(name, _known_keys(loc), n=1)
+        if close:
+            message += f": did you mean {close[0]!r}?"
+        return message, key
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message, key
+
+
+def _validation_error(exc: ValidationError, toml_file: Path | None) -> ConfigError:
+    """Every mistake at once, the first in full; each names its key, and its source when
+    that is the environment rather than the file. Input values are never shown: they may
+    be secrets."""
+    errors = exc.errors()
+    message, key = _describe(errors[0])
+    source = _env_source(tuple(errors[0]["loc"]))
+    if source:
+        message += f" (set by {source})"
+    unknown = errors[0]["type"] == "extra_forbidden"
+    error = ConfigError(
+        message,
+        key=key,
+        file=str(toml_file) if toml_file else "(no file: defaults and environment)",
+        hint=(
+            "check the spelling; docs/configuration.md lists every key"
+            if unknown
+            else "fix the value; docs/configuration.md gives every key's type and default"
+        ),
+    )
+    for other in errors[1:6]:
+        text, where = _describe(other)
+        error.message += f"\n  also key {where}: {text}"
+    if len(errors) > 6:
+        error.message += f"\n  and {len(errors) - 6} more"
+    return error

@@ -78,3 +78,50 @@ def test_check_prints_bracketed_names_as_written(
     cfg = site_config(tmp_path, rules=[str(tmp_path / "none")])
     assert run(["check", "--config", str(cfg)]) == 1
     assert "no [[agreement]] configured" in capsys.readouterr().out
+
+
+def test_misspelt_key_suggests_the_right_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = site_config(tmp_path, imap={"poll_intervall_seconds": 60}, operatr={"emails": []})
+    assert run(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    # Every mistake, each with its key and the likely intended one; not pydantic's
+    # "Extra inputs are not permitted".
+    assert "unknown key 'poll_intervall_seconds' in [imap]" in err
+    assert "did you mean 'poll_interval_seconds'?" in err
+    assert "unknown key 'operatr' at the top level: did you mean 'operator'?" in err
+    assert "Extra inputs" not in err and "docs/configuration.md" in err
+
+
+def test_a_mistake_from_the_environment_names_the_variable_not_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = site_config(tmp_path, agreement=[{"nic": "NIC-402963-P0Y5D"}])
+    monkeypatch.setenv("SEFTPILOT_IMAP__PASWORD", "hunter2-never-shown")
+    assert run(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "set by environment variable SEFTPILOT_IMAP__PASWORD" in err
+    assert "did you mean 'password'?" in err
+    assert "hunter2" not in err
+
+
+def test_toml_syntax_error_says_so_and_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "seftpilot.toml"
+    cfg.write_text('state_dir = "state"\n[imap]\nhost = "a"\nhost = "b"\n')
+    assert run(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err and "line 4" in err and "a key written twice" in err
+
+
+def test_missing_default_file_names_the_directory_and_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["check"]) == 2  # the tests run in tmp_path, which holds no seftpilot.toml
+    err = capsys.readouterr().err
+    assert str(tmp_path / "seftpilot.toml") in err and "SEFTPILOT_CONFIG" in err
+    # A directory given as --config was read as an empty file: defaults, silently.
+    assert run(["check", "--config", str(tmp_path)]) == 2
+    assert "a directory, not a settings file" in capsys.readouterr().err

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from seftpilot.config import Settings, load_settings
-from seftpilot.errors import SeftpilotError
+from seftpilot.config import Settings, config_path, load_settings
+from seftpilot.errors import ConfigError, SeftpilotError
 
 ConfigOpt = Annotated[
     Path | None,
@@ -39,6 +39,14 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False
 def settings(config: Path | None, *, required: bool = False) -> Settings:
     """The settings; ``required`` for every command that reads or writes the ledger: run
     from the wrong directory, it must say so, not open an empty ./state and report on it."""
+    path = config_path(config)
+    if path.is_dir():
+        # pydantic-settings would read nothing from it and carry on with the defaults.
+        raise ConfigError(
+            "this is a directory, not a settings file",
+            file=str(path),
+            hint=f"pass the file itself, e.g. --config {path / 'seftpilot.toml'}",
+        )
     return load_settings(config, required=required)
 
 
