@@ -125,3 +125,14 @@ def test_missing_default_file_names_the_directory_and_a_directory_is_refused(
     # A directory given as --config was read as an empty file: defaults, silently.
     assert run(["check", "--config", str(tmp_path)]) == 2
     assert "a directory, not a settings file" in capsys.readouterr().err
+
+
+def test_init_says_where_to_run_check_so_the_env_file_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # .env is read from the working directory: "run `seftpilot check`" from here after
+    # `init site` would miss both the settings file and the secrets.
+    assert run(["init", "site"]) == 0
+    out = capsys.readouterr().out
+    assert "copy site/.env.example to site/.env" in out
+    assert "`cd site && seftpilot check --connect`" in out

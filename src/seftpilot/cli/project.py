@@ -65,8 +65,13 @@ def register(app: typer.Typer) -> None:
         for name, what in results.items():
             note = "" if what == "written" else "  (exists; --force to overwrite)"
             console.print(f"{what:>8}  {directory / name}{note}")
+        # seftpilot reads .env from the directory it runs in, so the next step runs there.
+        here = directory.resolve() == Path.cwd().resolve()
+        where = "" if here else f"cd {directory} && "
         console.print(
-            "\nNext: edit seftpilot.toml, put secrets in .env, then run `seftpilot check`."
+            f"\nNext: edit {directory / 'seftpilot.toml'}, copy {directory / '.env.example'} "
+            f"to {directory / '.env'} and fill in the passwords, then run "
+            f"`{where}seftpilot check --connect`."
         )
 
     @app.command("check")
