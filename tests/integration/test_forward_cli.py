@@ -134,6 +134,19 @@ def test_forward_with_nothing_and_usage_errors(
     assert "no delivery #7" in capsys.readouterr().err
 
 
+def test_forward_from_an_empty_folder_records_nothing_and_mails_nobody(
+    site: Path, smtp_server: SmtpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty or mistyped --from is the operator's slip: said at once, not a failed
+    # delivery in the ledger and an alert mail about it.
+    (site / "empty").mkdir()
+    assert run(cli(site, "forward", "--from", str(site / "empty"))) == 1
+    assert "holds no file" in capsys.readouterr().err
+    assert run(cli(site, "delivery", "list", "--json")) == 0
+    assert json.loads(capsys.readouterr().out) == {"deliveries": []}
+    assert smtp_server.messages == []
+
+
 def test_forward_without_partner_is_a_configuration_error(
     tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,7 +28,6 @@ from rich.progress import (
 
 from seftpilot.adapters.clock import Clock, SystemClock
 from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json, err_console, settings
-from seftpilot.errors import InputError
 from seftpilot.service.runtime import Runtime
 
 # Tests swap this for a FakeClock factory; the CLI itself always runs on the real clock.
@@ -128,10 +127,12 @@ def register(app: typer.Typer) -> None:
         from seftpilot.logs import configure_logging
         from seftpilot.service.forward import forward_now
 
-        if from_dir is not None and not from_dir.is_dir():
-            raise InputError(
-                f"--from {from_dir}: not a folder", hint="name the folder holding the files"
-            )
+        if from_dir is not None:
+            from seftpilot.service.collect import look_dir
+
+            # Before anything is recorded: a wrong or empty folder is the operator's typo,
+            # not a failed delivery with an alert mail.
+            look_dir(from_dir)
         cfg = settings(config, required=True)
         configure_logging(cfg.log_level)
         bars = _Bars() if err_console.is_terminal and not json_out else None
