@@ -136,3 +136,44 @@ def test_init_says_where_to_run_check_so_the_env_file_is_read(
     out = capsys.readouterr().out
     assert "copy site/.env.example to site/.env" in out
     assert "`cd site && seftpilot check --connect`" in out
+
+
+def _leaf_commands() -> dict[str, object]:
+    import typer
+
+    from seftpilot.cli import app
+
+    leaves: dict[str, object] = {}
+
+    def walk(command: object, path: str) -> None:
+        children = getattr(command, "commands", None)
+        if children:
+            for name, child in children.items():
+                walk(child, f"{path} {name}".strip())
+        else:
+            leaves[path] = command
+
+    walk(typer.main.get_command(app), "")
+    return leaves
+
+
+def test_every_command_help_ends_with_examples_of_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from seftpilot.cli.examples import EXAMPLES
+
+    leaves = _leaf_commands()
+    assert len(leaves) > 20
+    for path, command in leaves.items():
+        epilog = getattr(command, "epilog", None) or ""
+        lines = [line.strip() for line in epilog.splitlines()[1:] if line.strip()]
+        assert lines, f"`seftpilot {path} --help` has no example"
+        assert all(line.startswith(f"seftpilot {path}") for line in lines), path
+        # The command lists show the first paragraph: one line, or it wraps mid-sentence.
+        summary = (getattr(command, "help", None) or "").split("\n\n")[0]
+        assert summary and "\n" not in summary, f"{path}: {summary!r}"
+    assert set(EXAMPLES) <= set(leaves), "examples for commands that do not exist"
+
+    assert run(["cohort", "build", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples:" in out and "seftpilot cohort build export.csv --action ADD" in out

@@ -26,6 +26,7 @@ from seftpilot.cli import (
     watch,
 )
 from seftpilot.cli.common import print_error
+from seftpilot.cli.examples import add_examples
 from seftpilot.errors import SeftpilotError
 
 app = typer.Typer(
@@ -57,6 +58,7 @@ for _module in (
 ):
     _module.register(app)
 plan.register_campaigns(app)
+add_examples(app)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -122,8 +122,10 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """Package and deliver returned files: collect, archive (AES-256 7z), verify,
-        upload to the partner, send the passphrase by its own mail, announce."""
+        """Package and deliver returned files to the partner, encrypted.
+
+        Collects them, archives them (AES-256 7z), verifies the archive, uploads it to the
+        partner, sends the passphrase by its own mail and announces the delivery."""
         from seftpilot.logs import configure_logging
         from seftpilot.service.forward import forward_now
 

@@ -244,8 +244,7 @@ def test_cmd(
     rules: RulesOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Classify message files offline, or the live mailbox with --mailbox: matched rule,
-    class, action, captures."""
+    """Classify message files, or the live mailbox read-only: rule, class, action, captures."""
     if mailbox and files:
         raise typer.BadParameter("give message files or --mailbox, not both", param_hint="FILES")
     if not mailbox and not files:

@@ -20,8 +20,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     def status(config: ConfigOpt = None, json_: JsonOpt = False) -> None:
-        """Submissions, verdicts, pool, deliveries, heartbeats, canaries, alerts, and what
-        happens next. Exits 1 when something needs you."""
+        """Everything at a glance, and what happens next; exits 1 when something needs you.
+
+        Submissions with verdicts and evidence, the believed pool, deliveries, heartbeat,
+        canaries and alerts: the daily digest's facts, at any time."""
         from seftpilot.service.monitor import current_digest, render_digest, status_document
 
         with Runtime(settings(config, required=True)) as runtime:

@@ -244,8 +244,11 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """Record that you uploaded a manual submission in SEFT's web UI (or, for an upload
-        seftpilot was interrupted in, whether NHS England received it)."""
+        """Record when you uploaded a manual submission, or the fate of an upload in doubt.
+
+        A manual submission waits for this after you upload its file in SEFT's web UI; an
+        upload seftpilot was interrupted in waits for you to say whether NHS England
+        received it (--at) or not (--not-sent)."""
         from seftpilot.service.submit import confirm_upload
 
         if not_sent and at:
