@@ -472,6 +472,63 @@ def test_a_batch_is_recorded_before_handling_and_a_stop_mid_batch_loses_nothing(
     assert mail.checkpoint(intake.account, "INBOX", first.uidvalidity) == uids[-1]
 
 
+class _Crash(BaseException):
+    """The process dying in the middle of a handler (not an Exception: nothing catches it)."""
+
+
+def test_a_crash_mid_batch_handles_no_message_twice(
+    tmp_path: Path, imap_server: ImapTestServer, store: Store, ruleset: RuleSet
+) -> None:
+    # The checkpoint moves once per batch; the rows' states are what prevent a second
+    # handling when a crash leaves it behind.
+    for n in range(6):
+        imap_server.append(make_message(n, subject=f"Notice {n}"))
+    uids = imap_server.folder_uids()
+    calls: list[int] = []
+
+    def dying(record: MailRecord, message: Message, c: Classification) -> None:
+        calls.append(record.uid)
+        if len(calls) == 3:
+            raise _Crash
+
+    settings = settings_for(tmp_path, imap_server)
+    first = MailIntake(
+        settings,
+        store,
+        ruleset,
+        SystemClock(),
+        dying,
+        mailbox=ImapMailbox(settings.imap, fetch_batch=4),
+    )
+    with pytest.raises(_Crash):
+        first.catch_up()
+    first.close()
+    mail = MailStore(store)
+    states = [r.state for r in mail.messages(first.account)]
+    assert states == ["handled", "handled", "received", "received"]
+    (uv,) = mail.uidvalidities(first.account, "INBOX")
+    # The crash came before the batch's end: the checkpoint is behind the handled two.
+    assert mail.checkpoint(first.account, "INBOX", uv) == 0
+
+    calls_after: list[int] = []
+    second = MailIntake(
+        settings,
+        store,
+        ruleset,
+        SystemClock(),
+        lambda r, m, c: calls_after.append(r.uid),
+        mailbox=ImapMailbox(settings.imap, fetch_batch=4),
+    )
+    report = second.catch_up()
+    second.close()
+    # The message whose handler died is handled again (its on_message never returned);
+    # the two handled before the crash are not.
+    assert calls == uids[:3] and calls_after == uids[2:]
+    assert report.handled == 4
+    assert [r.state for r in mail.messages(second.account)] == ["handled"] * 6
+    assert mail.checkpoint(second.account, "INBOX", report.uidvalidity) == uids[-1]
+
+
 def test_recording_batches_are_cut_by_size_keeping_uid_order() -> None:
     from seftpilot.adapters.imap import FetchedMessage
     from seftpilot.service.intake import _by_size
