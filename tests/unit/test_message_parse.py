@@ -227,6 +227,9 @@ def _address_headers(draw: st.DrawFn) -> str:
                 "{name}<{addr}>",
                 "\t{name}  <{addr}> ",
                 '"{name}" <{addr}>',
+                '"{name}"<{addr}>',
+                ' \t"{name}" \t<{addr}>\t',
+                '"{name}" <{addr}>, "{name}" <{addr}>',
                 "<{addr}>",
                 "{addr}, {name} <{addr}>",
                 "{addr} ({name})",
@@ -270,7 +273,12 @@ def test_address_fast_path_covers_the_everyday_shapes(monkeypatch: pytest.Monkey
         "",
         "study.team+cohort@uni.example.ac.uk",
     )
-    assert _simple_address('"Doe, Jane" <j@x.org>') is None  # left to getaddresses
+    assert _simple_address('"NHS England - Data Access Request Service" <d@nhs.net>') == (
+        "NHS England - Data Access Request Service",
+        "d@nhs.net",
+    )
+    assert _simple_address('"Doe, \\"Jane\\"" <j@x.org>') is None  # escapes: getaddresses
+    assert _simple_address("Sam Taylor (NHS ENGLAND - X24) <s@nhs.net>") is None  # comment
     fast = [parse_message(path.read_bytes()) for path in SAMPLES]
     monkeypatch.setattr(mailparse, "_simple_address", lambda value: None)
     slow = [parse_message(path.read_bytes()) for path in SAMPLES]
