@@ -132,6 +132,10 @@ def test_validate_human_output_names_row_column_and_fix(
     assert "INVALID" in out
     assert "row 3, NHS_NO: invalid_nhs_number" in out
     assert "format the column as text" in out
+    # The list can be long: its last line sums it up and says what to do next.
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("1 problem(s): 1 invalid_nhs_number. Next: fix the study export")
+    assert "seftpilot cohort build" in last and "docs/cohort.md" in last
 
 
 def test_build_with_problems_writes_nothing_unless_allowed(
@@ -157,6 +161,9 @@ def test_build_with_problems_writes_nothing_unless_allowed(
     assert run(args) == 1
     printed = capsys.readouterr().out
     assert "not written" in printed and "row 2, NHS_NO: invalid_nhs_number" in printed
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("Nothing was written. 1 problem(s): 1 invalid_nhs_number. Next: ")
+    assert f"fix these rows in {source} and build again" in last
     assert not out.exists() or list(out.iterdir()) == []
     assert run([*args, "--allow-problems", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -87,6 +87,19 @@ def _print_problems(problems: list[Problem], counts: dict[str, int]) -> None:
             console.print(f"  ... and {hidden} more {code} (use --json for the list)", markup=False)
 
 
+def _closing(counts: dict[str, int], next_step: str, lead: str = "") -> None:
+    """The last line: totals by code and what to do, where a long list ends, not above it."""
+    total = sum(counts.values())
+    by_code = ", ".join(
+        f"{n:,} {code}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    console.print(
+        f"{lead}{total:,} problem(s): {by_code}. Next: {next_step}; docs/cohort.md explains "
+        "each code.",
+        markup=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     cohort = typer.Typer(
         help="Build NHS England cohort files from a study export, and check them.",
@@ -150,6 +163,11 @@ def register(app: typer.Typer) -> None:
                 markup=False,
             )
             _print_problems(result.problems, result.problem_counts)
+            _closing(
+                result.problem_counts,
+                f"fix these rows in {source} and build again",
+                lead="Nothing was written. ",
+            )
         if not result.written:
             raise typer.Exit(1)
 
@@ -187,6 +205,11 @@ def register(app: typer.Typer) -> None:
                 markup=False,
             )
             _print_problems(report.problems, report.problem_counts)
+            _closing(
+                report.problem_counts,
+                "fix the study export and rebuild this file with `seftpilot cohort build` "
+                "(it fixes dates, spacing and line endings itself)",
+            )
         if not report.valid:
             raise typer.Exit(1)
 
