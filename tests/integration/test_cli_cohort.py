@@ -281,5 +281,13 @@ def test_pve_profile_warns_that_it_is_unconfirmed(
 def test_profile_command_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["cohort", "profile", "--json"]) == 0
     assert "mps-legacy-24" in json.loads(capsys.readouterr().out)["profiles"]
+    assert run(["cohort", "profile"]) == 0
+    assert capsys.readouterr().out.count("UNCONFIRMED") == 1  # pve's, said once
     assert run(["cohort", "profile", "mps-legacy-24"]) == 0
-    assert "UNIQUE_REFERENCE,NHS_NO" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "UNIQUE_REFERENCE,NHS_NO" in out
+    # The name once, then each column's rules and the export headers build recognises.
+    assert out.startswith("mps-legacy-24 (built in): ")
+    assert "each row needs NHS_NO or FAMILY_NAME+GIVEN_NAME+GENDER+POSTCODE" in out
+    assert "  GENDER             gender, optional, one of 0/1/2/9; also read from" in out
+    assert "DATE_OF_BIRTH      date, required; also read from export columns DOB" in out

@@ -226,7 +226,8 @@ def register(app: typer.Typer) -> None:
             else:
                 for n in names:
                     p = load_profile(n)
-                    mark = "" if p.confirmed else "  (UNCONFIRMED)"
+                    said = p.confirmed or "UNCONFIRMED" in p.description
+                    mark = "" if said else "  (UNCONFIRMED)"
                     console.print(f"{n}: {p.description}{mark}", markup=False)
             return
         p = load_profile(name)
@@ -242,9 +243,30 @@ def register(app: typer.Typer) -> None:
                 }
             )
             return
-        console.print(f"{p.name} ({p.source}): {p.description}", markup=False)
+        # A built-in profile's source already starts with its name ("pve (built in)").
+        where = p.source if p.source.startswith(p.name) else f"{p.name} ({p.source})"
+        console.print(f"{where}: {p.description}", markup=False)
         console.print(
-            f"file name {p.file_name_rule}, dates {p.date_format}, at most {p.max_rows} rows",
+            f"file name {p.file_name_rule}, dates {p.date_format}, at most {p.max_rows:,} rows; "
+            f"{p.status_field} is {' or '.join(p.status_values)} (from --action), "
+            f"{p.unique_field} unique in a file",
             markup=False,
         )
-        console.print(",".join(p.header), markup=False)
+        console.print(
+            "each row needs " + " or ".join("+".join(group) for group in p.sufficient_information),
+            markup=False,
+        )
+        for spec in p.fields:
+            rules = [spec.kind, "required" if spec.required else "optional"]
+            if spec.max_length:
+                rules.append(f"at most {spec.max_length} characters")
+            if spec.allowed_values:
+                rules.append(f"one of {'/'.join(spec.allowed_values)}")
+            if spec.allowed_characters:
+                rules.append(f"characters {spec.allowed_characters}")
+            # What cohort build recognises in an export without a column_mapping.
+            read_from = (
+                f"; also read from export columns {', '.join(spec.aliases)}" if spec.aliases else ""
+            )
+            console.print(f"  {spec.header:<18} {', '.join(rules)}{read_from}", markup=False)
+        console.print("header: " + ",".join(p.header), markup=False)
