@@ -185,7 +185,23 @@ def test_bad_targets_are_named(site: Path, capsys: pytest.CaptureFixture[str]) -
     assert run(["plan", str(empty), "--allow-empty", *cfg(site)]) == 0
 
     assert run(["plan", str(site / "absent.csv"), *cfg(site)]) == 1
-    assert "absent.csv" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "absent.csv: no such file" in err and "UTF-8" not in err  # not a save-as hint
+
+    assert run(["plan", str(site), *cfg(site)]) == 1
+    assert "is a directory, not a CSV file" in capsys.readouterr().err
+
+    # A spreadsheet's other exports: named for what they are, not "no column for ...".
+    semicolons = site / "semicolons.csv"
+    semicolons.write_text("UNIQUE_REFERENCE;NHS_NO;DOB\r\nS1;9990000018;1980-01-01\r\n")
+    assert run(["plan", str(semicolons), *cfg(site)]) == 1
+    err = capsys.readouterr().err
+    assert "not comma-separated" in err and "export as CSV with commas" in err
+    utf16 = site / "unicode-text.csv"
+    utf16.write_text("UNIQUE_REFERENCE,NHS_NO\r\nS1,9990000018\r\n", encoding="utf-16")
+    assert run(["plan", str(utf16), *cfg(site)]) == 1
+    err = capsys.readouterr().err
+    assert "is UTF-16 text" in err and "'CSV UTF-8'" in err and "codec" not in err
 
     assert run(["plan", str(dup), "--strategy", "merge", *cfg(site)]) == 2
 

@@ -95,6 +95,13 @@ def _read_records(
                 f"{path}: the file is empty",
                 hint="export the study's participants with a header row",
             )
+        if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+            # Otherwise "no column for UNIQUE_REFERENCE..." about a file that has them all.
+            raise CohortSourceError(
+                f"{path} is not comma-separated (its header is one column containing "
+                f"{';' if ';' in header[0] else 'tabs'})",
+                hint="export as CSV with commas",
+            )
         try:
             builder = CohortBuilder(
                 profile,
@@ -152,10 +159,27 @@ def iter_target(
                 # The action column is the file's, not the participant's.
                 data = {k: v for k, v in record.items() if k != profile.status_field}
                 yield number, RefRow(ref, nhs, data)
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        except FileNotFoundError:
             raise CohortSourceError(
-                f"{path}: cannot read: {exc}",
-                hint="save the export as UTF-8 CSV",
+                f"{path}: no such file", hint="check the path of the study export"
+            ) from None
+        except IsADirectoryError:
+            raise CohortSourceError(
+                f"{path} is a directory, not a CSV file",
+                hint="give the path of the study export's .csv file",
+            ) from None
+        except UnicodeDecodeError as exc:
+            # Excel's "Unicode Text" is UTF-16: its byte-order mark is the first thing read.
+            utf16 = exc.object[:2] in (b"\xff\xfe", b"\xfe\xff") and exc.start == 0
+            raise CohortSourceError(
+                f"{path} is {'UTF-16' if utf16 else 'not UTF-8'} text "
+                f"({'as Excel saves Unicode Text' if utf16 else exc.reason})",
+                hint="export or save it as 'CSV UTF-8'",
+            ) from None
+        except (OSError, csv.Error) as exc:
+            raise CohortSourceError(
+                f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}",
+                hint="check the file is the study export, saved as 'CSV UTF-8'",
             ) from None
 
     return lines, rows()
