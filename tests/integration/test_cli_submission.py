@@ -175,7 +175,8 @@ def test_confirm_refuses_a_time_in_the_future_or_a_submission_not_waiting(
     later = (MONDAY_10 + timedelta(hours=3)).isoformat()
     assert run(cli(site, "submission", "confirm", str(sub.id), "--at", later)) == 1
     assert "in the future" in capsys.readouterr().err
-    assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "yesterday")) == 1
+    # A malformed --at is a usage error (2), as a wrong --outcome word is.
+    assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "yesterday")) == 2
     assert "not an ISO 8601 time" in capsys.readouterr().err
 
 

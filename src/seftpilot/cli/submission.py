@@ -19,7 +19,6 @@ import typer
 from seftpilot.adapters.clock import Clock, SystemClock
 from seftpilot.cli.common import ConfigOpt, JsonOpt, console, emit_json, settings
 from seftpilot.core.calendar import LONDON
-from seftpilot.errors import InputError
 from seftpilot.service.runtime import Runtime
 
 # Tests swap this for a FakeClock factory; the CLI itself always runs on the real clock.
@@ -46,9 +45,11 @@ def parse_when(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise InputError(
-            f"--at {text!r} is not an ISO 8601 time",
-            hint="e.g. --at 2026-03-02T10:15 (London time) or 2026-03-02T10:15:00+00:00",
+        # A malformed option is a usage error (exit 2), like --outcome with a wrong word.
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time: e.g. --at 2026-03-02T10:15 (London time) "
+            "or 2026-03-02T10:15:00+00:00",
+            param_hint="--at",
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=LONDON)
 
