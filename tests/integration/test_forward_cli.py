@@ -130,6 +130,8 @@ def test_forward_with_nothing_and_usage_errors(
     assert run(cli(site, "forward", "--from", str(site / "missing"))) == 1
     assert "not a folder" in capsys.readouterr().err
     assert run(cli(site, "delivery", "resolve", "1")) == 2
+    err = capsys.readouterr().err
+    assert "Usage: seftpilot delivery resolve" in err and "give exactly one of" in err
     assert run(cli(site, "delivery", "retry", "7")) == 1
     assert "no delivery #7" in capsys.readouterr().err
 

@@ -263,11 +263,13 @@ def register(app: typer.Typer) -> None:
             if flag
         ]
         if len(chosen) != 1:
-            err_console.print(
+            # A usage error like any other: the usage line, the message, exit 2.
+            raise typer.BadParameter(
                 "give exactly one of --passphrase-arrived, --resend-passphrase, "
-                "--partner-has-it, --upload-again"
+                "--partner-has-it, --upload-again (`seftpilot delivery show "
+                f"{delivery_id}` says what the delivery is waiting for)",
+                param_hint="the answer",
             )
-            raise typer.Exit(2)
         with open_runtime(config) as runtime:
             doc = resolve_delivery(runtime, delivery_id, chosen[0]).to_dict()
         if json_out:
