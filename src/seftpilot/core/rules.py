@@ -76,19 +76,22 @@ class _View:
 
     def __init__(self, message: Message, slots: int = 0) -> None:
         self.message = message
-        self._cache: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        self.cached: dict[tuple[str, str | None], tuple[str, ...]] = {}
         # Outcomes of identical tests (the same YAML anchor used by several rules) are
         # computed once per message: traced outcomes by key, plain truths by slot (the
         # number the RuleSet gave each distinct test).
         self.memo: dict[tuple[Any, ...], _Outcome] = {}
         self.held: list[bool | None] = [None] * slots
+        # The match a regex test found on the fast path, by slot, so tracing the rule
+        # that held does not search the same text again.
+        self.found: dict[int, re.Match[str]] = {}
 
     def values(self, name: str, header: str | None = None) -> tuple[str, ...]:
         key = (name, header)
-        found = self._cache.get(key)
+        found = self.cached.get(key)
         if found is None:
             found = self._compute(name, header)
-            self._cache[key] = found
+            self.cached[key] = found
         return found
 
     def _compute(self, name: str, header: str | None) -> tuple[str, ...]:
@@ -112,10 +115,10 @@ class _View:
 
     def folded(self, name: str, header: str | None) -> tuple[str, ...]:
         key = (f"{name}#folded", header)
-        found = self._cache.get(key)
+        found = self.cached.get(key)
         if found is None:
             found = tuple(_norm(v).casefold() for v in self.values(name, header))
-            self._cache[key] = found
+            self.cached[key] = found
         return found
 
 
@@ -134,6 +137,10 @@ class _Outcome:
 def _sentence(reason: _Reason) -> str:
     text, matched = reason
     return text if matched is None else f"{text} matched {_show(matched)}"
+
+
+# A compiled condition: whether it holds for the message behind a view (no trace).
+_Test = Callable[[_View], bool]
 
 
 class _Leaf:
@@ -169,6 +176,41 @@ class _Leaf:
             found = view.held[slot] = self._holds(view)
         return found
 
+    def compile(self) -> _Test:
+        """``holds`` as one closure (call once the RuleSet has numbered the slots): the
+        values' cache key, the slot and the regex bound in advance, so deciding a test
+        that was already decided for this message costs one list lookup."""
+        slot = self.slot
+        source, header = self.source, self.header
+        key = (source, header)
+        if self.pattern is None or slot < 0:
+            compute = self._holds
+        else:
+            search = self.pattern.search
+
+            def compute(view: _View) -> bool:
+                values = view.cached.get(key)
+                if values is None:
+                    values = view.values(source, header)
+                for value in values:
+                    found = search(value)
+                    if found:
+                        view.found[slot] = found
+                        return True
+                return False
+
+        if slot < 0:
+            return compute
+
+        def test(view: _View) -> bool:
+            held = view.held
+            found = held[slot]
+            if found is None:
+                found = held[slot] = compute(view)
+            return found
+
+        return test
+
     def _holds(self, view: _View) -> bool:
         values = view.values(self.source, self.header)
         if self.op == "exists":
@@ -203,21 +245,30 @@ class _Leaf:
 
     def _evaluate(self, view: _View) -> _Outcome:
         name = self.source
+        decided = view.held[self.slot] if self.slot >= 0 else None
+        if decided is False:  # the fast path already knows
+            return _Outcome(False)
         if self.op == "exists":
             present = bool(view.values(name, self.header))
             held = present is bool(self.match.exists)
             return _Outcome(held, ((self.text, None),) if held else ())
         if self.pattern is not None:
-            for value in view.values(name, self.header):
-                found = self.pattern.search(value)
-                if found:
-                    caps = tuple(
-                        (k, sanitize_capture(v))
-                        for k, v in found.groupdict().items()
-                        if v is not None and v.strip()
-                    )
-                    return _Outcome(True, ((self.text, found.group(0)),), caps)
-            return _Outcome(False)
+            # The fast path's match when it decided this test (the same first match: it
+            # searched the same values in the same order); else search here.
+            found = view.found.get(self.slot) if decided else None
+            if found is None:
+                for value in view.values(name, self.header):
+                    found = self.pattern.search(value)
+                    if found:
+                        break
+            if not found:
+                return _Outcome(False)
+            caps = tuple(
+                (k, sanitize_capture(v))
+                for k, v in found.groupdict().items()
+                if v is not None and v.strip()
+            )
+            return _Outcome(True, ((self.text, found.group(0)),), caps)
         values = (
             tuple(_norm(v) for v in view.values(name, self.header))
             if self.case
@@ -274,6 +325,9 @@ class _Node:
                 return False
         return True
 
+    def compile(self) -> _Test:
+        return _all_of([part.compile() for part in self.parts])
+
 
 def _conjunction(tests: Iterable[Callable[[_View], _Outcome]], view: _View) -> _Outcome:
     reasons: list[_Reason] = []
@@ -312,6 +366,15 @@ class _Combinator:
             return _Outcome(False)
         return _conjunction([n.evaluate for n in self.nodes], view)
 
+    def compile(self) -> _Test:
+        tests = [node.compile() for node in self.nodes]
+        if self.kind == "not":
+            (inner,) = tests
+            return lambda view: not inner(view)
+        if self.kind == "any":
+            return _any_of(tests)
+        return _all_of(tests)
+
     def holds(self, view: _View) -> bool:
         if self.kind == "not":
             return not self.nodes[0].holds(view)
@@ -324,6 +387,35 @@ class _Combinator:
             if not node.holds(view):
                 return False
         return True
+
+
+def _all_of(tests: list[_Test]) -> _Test:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda view: first(view) and second(view)
+
+    def test(view: _View) -> bool:
+        for part in tests:  # noqa: SIM110 - hot path: a loop beats all(genexpr)
+            if not part(view):
+                return False
+        return True
+
+    return test
+
+
+def _any_of(tests: list[_Test]) -> _Test:
+    if len(tests) == 1:
+        return tests[0]
+
+    def test(view: _View) -> bool:
+        for part in tests:  # noqa: SIM110 - hot path: a loop beats any(genexpr)
+            if part(view):
+                return True
+        return False
+
+    return test
 
 
 class _Capturer:
@@ -485,6 +577,17 @@ class RuleSet:
                 for leaf in compiled.node.leaves():
                     leaf.slot = slots.setdefault(leaf.key, len(slots))
         self.slots = len(slots)
+        # What ``classify`` walks: each rule with its conditions compiled into closures
+        # (half the cost of walking the node objects) and its params as a read-only view
+        # built once, not once per message.
+        self.plan: tuple[tuple[CompiledRule, _Test | None, Mapping[str, Any]], ...] = tuple(
+            (
+                compiled,
+                compiled.node.compile() if compiled.node is not None else None,
+                MappingProxyType(dict(compiled.rule.params)),
+            )
+            for compiled in self.rules
+        )
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -560,14 +663,16 @@ def classify(message: Message, ruleset: RuleSet, *, explain: bool = False) -> Cl
     """
     view = _View(message, ruleset.slots)
     hits: list[RuleHit] = []
-    for compiled in ruleset.rules:
-        if compiled.node is None:
+    for compiled, test, params in ruleset.plan:
+        if test is None:  # no conditions (the default rule)
             outcome = _Outcome(True, (("no conditions: matches every message", None),))
-        elif explain or compiled.node.holds(view):
+        elif explain or test(view):
             # Most rules do not match a given message: deciding that with plain booleans
             # is ~3x cheaper than tracing. Only rules that hold are traced (reasons and
             # captures); with ``explain`` every rule is traced, which tests compare against.
-            outcome = compiled.node.evaluate(view)
+            node = compiled.node
+            assert node is not None  # a rule has a test exactly when it has conditions
+            outcome = node.evaluate(view)
         else:
             continue
         if not outcome.held:
@@ -584,7 +689,7 @@ def classify(message: Message, ruleset: RuleSet, *, explain: bool = False) -> Cl
                 rule=rule.name,
                 class_=rule.class_,
                 action=rule.action,
-                params=MappingProxyType(dict(rule.params)),
+                params=params,
                 captures=MappingProxyType(captures),
                 held=tuple(_sentence(r) for r in outcome.reasons),
             )
