@@ -166,20 +166,11 @@ class _Leaf:
         )
         self.slot = -1  # set by RuleSet: identical tests share a slot
 
-    def holds(self, view: _View) -> bool:
-        """Whether the test holds (no trace, no captures): the fast path of ``classify``."""
-        slot = self.slot
-        if slot < 0:
-            return self.evaluate(view).held
-        found = view.held[slot]
-        if found is None:
-            found = view.held[slot] = self._holds(view)
-        return found
-
     def compile(self) -> _Test:
-        """``holds`` as one closure (call once the RuleSet has numbered the slots): the
-        values' cache key, the slot and the regex bound in advance, so deciding a test
-        that was already decided for this message costs one list lookup."""
+        """Whether the test holds (no trace, no captures: the fast path of ``classify``)
+        as one closure, built once the RuleSet has numbered the slots: the values' cache
+        key, the slot and the regex bound in advance, so a test already decided for this
+        message costs one list lookup."""
         slot = self.slot
         source, header = self.source, self.header
         key = (source, header)
@@ -319,12 +310,6 @@ class _Node:
     def evaluate(self, view: _View) -> _Outcome:
         return _conjunction([p.evaluate for p in self.parts], view)
 
-    def holds(self, view: _View) -> bool:
-        for part in self.parts:  # noqa: SIM110 - hot path: a loop beats all(genexpr)
-            if not part.holds(view):
-                return False
-        return True
-
     def compile(self) -> _Test:
         return _all_of([part.compile() for part in self.parts])
 
@@ -374,19 +359,6 @@ class _Combinator:
         if self.kind == "any":
             return _any_of(tests)
         return _all_of(tests)
-
-    def holds(self, view: _View) -> bool:
-        if self.kind == "not":
-            return not self.nodes[0].holds(view)
-        if self.kind == "any":
-            for node in self.nodes:  # noqa: SIM110 - hot path: a loop beats any(genexpr)
-                if node.holds(view):
-                    return True
-            return False
-        for node in self.nodes:  # noqa: SIM110 - hot path: a loop beats all(genexpr)
-            if not node.holds(view):
-                return False
-        return True
 
 
 def _all_of(tests: list[_Test]) -> _Test:
