@@ -228,7 +228,8 @@ def test_missing_or_unusable_source_is_named(
         )
         == 1
     )
-    assert "is a directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "give the path of the export file itself" in err
     semi = tmp_path / "semi.csv"
     semi.write_text("UNIQUE_REFERENCE;NHS_NO;DATE_OF_BIRTH\nA;9434765919;19800105\n")
     assert (
@@ -238,6 +239,80 @@ def test_missing_or_unusable_source_is_named(
     assert "not comma-separated" in capsys.readouterr().err
     assert run(["cohort", "validate", str(missing)]) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+def _export_with_bad_numbers(path: Path, rows: int, bad: int) -> Path:
+    """``rows`` participants, the first ``bad`` with an NHS number that can never be valid."""
+    numbers = [n for n, *_ in (r[1:2] for r in export_rows(rows, seed=3, messy=0.0))]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Study ID", "NHS Number", "Surname", "DOB"])
+        for i in range(rows):
+            writer.writerow(
+                [f"S-{i}", "1234567890" if i < bad else numbers[i], "SMITH", "1980-01-05"]
+            )
+    return path
+
+
+@pytest.mark.parametrize(("bad", "advice"), [(1, "pass --allow-problems"), (5, "would not help")])
+def test_allow_problems_is_suggested_only_below_nhs_englands_2_percent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: int, advice: str
+) -> None:
+    """Above 2% failing rows NHS England rejects the whole file: writing it anyway is no
+    way out, and the operator is told so instead of being offered the flag."""
+    source = _export_with_bad_numbers(tmp_path / "export.csv", 100, bad)
+    args = ["cohort", "build", str(source), "--action", "ADD", "--out", str(tmp_path / "o")]
+    assert run([*args, "--nic", NIC]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert advice in first
+    assert ("above the 2%" in first) == (bad > 2)
+    assert run([*args, "--nic", NIC, "--allow-problems"]) == 0
+    printed = capsys.readouterr().out
+    assert ("do not upload it" in printed) == (bad > 2)
+    assert run([*args, "--nic", NIC, "--allow-problems", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["invalid_rows"], result["nhs_threshold_exceeded"]) == (bad, bad > 2)
+
+
+def test_an_export_without_nhs_numbers_builds_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Allowed (name, sex, birth date and postcode can be traced), but more often a
+    forgotten column: the build says so, and how to map a renamed one."""
+    source = tmp_path / "export.csv"
+    source.write_text(
+        "Study ID,Surname,Forename,Sex,DOB,Postcode\nS-1,SMITH,ANN,F,1980-01-05,LS1 4AP\n"
+    )
+    args = [
+        "cohort",
+        "build",
+        str(source),
+        "--action",
+        "ADD",
+        "--out",
+        str(tmp_path / "o"),
+        "--nic",
+        NIC,
+    ]
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    assert "note: the export has no NHS number column" in printed
+    assert 'column_mapping = { "<its header>" = "NHS_NO" }' in printed
+    assert run([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notices"][0].startswith("the export has no NHS")
+    with_numbers = write_export(tmp_path / "full.csv", 10)
+    assert run(["cohort", "build", str(with_numbers), *args[3:], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notices"] == []
+
+
+def test_validate_of_an_unreadable_file_does_not_count_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    utf16 = tmp_path / f"{NIC}.csv"
+    utf16.write_bytes("UNIQUE_REFERENCE,NHS_NO\r\nA,9434765919\r\n".encode("utf-16"))
+    assert run(["cohort", "validate", str(utf16), "--nic", NIC]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("INVALID: 1 problem(s); no participant rows read"), first
 
 
 def test_usage_and_configuration_errors_exit_2(

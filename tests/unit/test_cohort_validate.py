@@ -188,6 +188,7 @@ def test_utf16_file_is_reported_not_crashed_on() -> None:
     report = check(lines(LEGACY, [row(0)]).decode().encode("utf-16"))
     assert "non_ascii" in report.problem_counts
     assert "UTF-16" in report.problems[0].message
+    assert "empty_file" not in report.problem_counts  # it said why already: not "empty" too
 
 
 def test_wrong_column_count_per_row_and_blank_lines() -> None:

@@ -191,7 +191,10 @@ def _open_source(source: Path) -> BinaryIO:
             f"study export {source}: no such file", hint="check the path of the export"
         ) from None
     except IsADirectoryError:
-        raise CohortSourceError(f"study export {source} is a directory, not a CSV file") from None
+        raise CohortSourceError(
+            f"study export {source} is a directory, not a CSV file",
+            hint=f"give the path of the export file itself, e.g. {source / 'export.csv'}",
+        ) from None
     except OSError as exc:
         raise CohortSourceError(
             f"study export {source}: cannot read: {exc.strerror or exc}",
@@ -374,6 +377,8 @@ def build_cohort(
                     problems=problems,
                     problem_counts=dict(builder.log.counts),
                     truncated=builder.log.truncated,
+                    invalid_rows=builder.log.invalid_rows,
+                    notices=builder.notices,
                 )
             writer.commit()
         except OSError as exc:
@@ -389,6 +394,8 @@ def build_cohort(
         problems=problems,
         problem_counts=dict(builder.log.counts),
         truncated=builder.log.truncated,
+        invalid_rows=builder.log.invalid_rows,
+        notices=builder.notices,
     )
 
 

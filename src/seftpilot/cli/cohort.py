@@ -141,6 +141,11 @@ def register(app: typer.Typer) -> None:
             mapping=agreement.column_mapping if agreement else None,
             allow_problems=allow_problems,
         )
+        over = (
+            f"{result.invalid_rows:,} of {result.rows:,} rows fail "
+            f"({result.invalid_share:.2%}), above the 2% at which NHS England rejects the "
+            "whole file"
+        )
         if json_out:
             emit_json(result.to_json())
         elif result.written:
@@ -148,6 +153,8 @@ def register(app: typer.Typer) -> None:
                 f"wrote {result.path}: {result.rows} rows, {result.action}, sha256 {result.sha256}",
                 markup=False,
             )
+            for notice in result.notices:
+                console.print(f"note: {notice}", markup=False)
             if result.problems:
                 console.print(
                     f"written despite {sum(result.problem_counts.values())} problem(s) "
@@ -155,11 +162,20 @@ def register(app: typer.Typer) -> None:
                     markup=False,
                 )
                 _print_problems(result.problems, result.problem_counts)
+                if result.nhs_threshold_exceeded:
+                    console.print(f"warning: {over}: do not upload it", markup=False)
         else:
             total = sum(result.problem_counts.values())
+            for notice in result.notices:
+                console.print(f"note: {notice}", markup=False)
             console.print(
-                f"not written: {total} problem(s) in {result.rows} rows of {source}; fix "
-                "the export (or pass --allow-problems to write it anyway):",
+                f"not written: {total} problem(s) in {result.rows} rows of {source}; "
+                + (
+                    f"{over}, so --allow-problems would not help: fix the export:"
+                    if result.nhs_threshold_exceeded
+                    else "fix the export (or pass --allow-problems to write it anyway: NHS "
+                    "England drops the failing rows and takes the rest):"
+                ),
                 markup=False,
             )
             _print_problems(result.problems, result.problem_counts)
@@ -194,9 +210,13 @@ def register(app: typer.Typer) -> None:
             )
         else:
             total = sum(report.problem_counts.values())
+            rows = (
+                f"{report.invalid_rows} of {report.rows} rows invalid ({report.invalid_share:.2%})"
+                if report.rows
+                else "no participant rows read"
+            )
             console.print(
-                f"{file}: INVALID: {total} problem(s); {report.invalid_rows} of "
-                f"{report.rows} rows invalid ({report.invalid_share:.2%})"
+                f"{file}: INVALID: {total} problem(s); {rows}"
                 + (
                     "; NHS England rejects the whole file above 2%"
                     if report.nhs_threshold_exceeded

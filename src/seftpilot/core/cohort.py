@@ -113,10 +113,24 @@ class BuildResult:
     problems: list[Problem]
     problem_counts: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
+    invalid_rows: int = 0
+    # Not problems (nothing is refused for them) but worth an operator's look: an export
+    # without an NHS number column, for one.
+    notices: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> bool:
         return self.path is not None
+
+    @property
+    def invalid_share(self) -> float:
+        return self.invalid_rows / self.rows if self.rows else 0.0
+
+    @property
+    def nhs_threshold_exceeded(self) -> bool:
+        """Above NHS England's 2%, the whole file would be rejected: writing it anyway
+        with --allow-problems does not help."""
+        return self.invalid_share > NHS_REJECT_SHARE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +141,10 @@ class BuildResult:
             "problems": [p.to_json() for p in self.problems],
             "problem_counts": dict(self.problem_counts),
             "problems_truncated": self.truncated,
+            "invalid_rows": self.invalid_rows,
+            "invalid_share": round(self.invalid_share, 6),
+            "nhs_threshold_exceeded": self.nhs_threshold_exceeded,
+            "notices": list(self.notices),
         }
 
 
@@ -732,7 +750,9 @@ class CohortValidator:
             self._record(record, self._quote_row, problems)
             self.log.extend(problems)
         file_problems: list[Problem] = []
-        if self._bytes == 0 or not self._header_done:
+        # A file given up on (UTF-16, a line that never ends) has said why already; it is
+        # not "empty" as well.
+        if self._bytes == 0 or (not self._header_done and not self._dead):
             file_problems.append(
                 Problem(None, None, "empty_file", "the file is empty: build it with cohort build")
             )
@@ -799,7 +819,10 @@ class CohortValidator:
         else:
             if self.profile.file_name_pattern().match(name):
                 return []
-            why = f"NHS England expects the agreement's NIC number: {self.profile.file_name_rule}"
+            why = (
+                "NHS England expects it named after the agreement's NIC number, "
+                f"{self.profile.file_name_rule}"
+            )
         return [
             Problem(
                 None,
@@ -1025,6 +1048,19 @@ class CohortBuilder:
         self._source_rows = 0
         self._n_source = len(source_header)
         columns = resolve_columns(profile, source_header, mapping)
+        self.notices: list[str] = []
+        nhs_field = next((f for f in profile.fields if f.kind == "nhs_number"), None)
+        if nhs_field is not None and nhs_field.name not in columns:
+            # Allowed (names, sex, birth date and postcode can be enough), but more often a
+            # forgotten or renamed column than a choice: say so, never refuse.
+            known = ", ".join(dict.fromkeys((nhs_field.name, nhs_field.header, *nhs_field.aliases)))
+            self.notices.append(
+                f"the export has no NHS number column (looked for: {known}): every "
+                f"{nhs_field.header} is left empty and NHS England must trace each person "
+                "from name, sex, date of birth and postcode. If the export has the numbers "
+                'under another name, map it: column_mapping = { "<its header>" = '
+                f'"{nhs_field.name}" }} in the agreement'
+            )
         # Mapped fields in file order, with their source index.
         self._mapped = [(f, columns[f.name]) for f in profile.fields if f.name in columns]
         self._source_index = [i for _, i in self._mapped]
