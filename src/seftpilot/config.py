@@ -4,9 +4,13 @@ Owns the settings model, where it is read from and how a mistake in it is report
 Must not open connections or create state: ``seftpilot check --connect`` does that.
 
 Precedence, highest first: environment variables (``SEFTPILOT_IMAP__PASSWORD``: nested keys
-joined by ``__``), ``.env`` beside the working directory, the TOML file, the defaults here.
-Secrets are ``SecretStr`` so they never print; a secret may also be read from a file
-(``password_file``) so it need not live in the TOML at all.
+joined by ``__``), ``.env``, the TOML file, the defaults here. The ``.env`` read is the one
+beside the settings file, so ``--config /srv/study/seftpilot.toml`` (or a systemd unit with
+no WorkingDirectory) finds its secrets from any directory; only when there is none there is
+the working directory's ``.env`` read instead. Exactly one ``.env`` is read, never a mix of
+two: when both exist, the one beside the settings file wins whole (``dotenv_file`` and
+``dotenv_ignored`` say which, and ``seftpilot check`` prints it). Secrets are ``SecretStr``
+so they never print; keep them in ``.env`` or the environment, not in the TOML.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pydantic_settings import (
 from seftpilot.errors import ConfigError
 
 DEFAULT_CONFIG = Path("seftpilot.toml")
+DOTENV = ".env"
 NIC_RE = re.compile(r"^NIC-\d{5,6}-[A-Z0-9]{5}$")
 
 
@@ -200,7 +205,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SEFTPILOT_",
         env_nested_delimiter="__",
-        env_file=".env",
+        # No .env unless load_settings() names one (dotenv_for): which file it is depends
+        # on where the settings file is, not on the directory seftpilot happens to run in.
+        env_file=None,
         extra="forbid",
         frozen=True,
     )
@@ -210,6 +217,9 @@ class Settings(BaseSettings):
     # The settings file's directory, set by load_settings(): relative paths in the file
     # (rules, ...) are read against it, so `--config site/seftpilot.toml` works from anywhere.
     _base_dir: Path | None = PrivateAttr(default=None)
+    # The .env that was read, and one that was not because the other won (both absolute).
+    _dotenv: Path | None = PrivateAttr(default=None)
+    _dotenv_ignored: Path | None = PrivateAttr(default=None)
 
     state_dir: Path = Path("state")
     rules: list[Path] = Field(default_factory=lambda: [Path("rules")])
@@ -237,6 +247,17 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    @property
+    def dotenv_file(self) -> Path | None:
+        """The ``.env`` these settings were read with, if any (absolute)."""
+        return self._dotenv
+
+    @property
+    def dotenv_ignored(self) -> Path | None:
+        """The working directory's ``.env``, when it exists but the one beside the settings
+        file was read instead."""
+        return self._dotenv_ignored
 
     def resolve(self, path: Path) -> Path:
         """``path`` as written in the settings, read relative to the settings file."""
@@ -272,6 +293,23 @@ def config_path(explicit: Path | None = None) -> Path:
         return explicit
     env = os.environ.get("SEFTPILOT_CONFIG")
     return Path(env) if env else DEFAULT_CONFIG
+
+
+def dotenv_for(toml_file: Path | None) -> tuple[Path | None, Path | None]:
+    """(the ``.env`` to read, the one left unread), both absolute.
+
+    The ``.env`` beside the settings file; if there is none, the working directory's (what
+    seftpilot read before, and the same file when run from the site's directory). Only one
+    is ever read: merging two would let another site's secret fill a gap unnoticed.
+    """
+    # Normalised but not resolved: "beside" means the same directory that the file's
+    # relative paths are read against, even when the settings file is a symlink.
+    here = Path(os.path.abspath(DOTENV))
+    beside = Path(os.path.abspath(toml_file.parent / DOTENV)) if toml_file is not None else here
+    if beside.is_file():
+        other = here.is_file() and not os.path.samefile(here, beside)
+        return beside, (here if other else None)
+    return (here if here.is_file() else None), None
 
 
 def _absolute_paths(value: Any, base: Path) -> Any:
@@ -315,8 +353,10 @@ def load_settings(
     else:
         toml_file = toml_path
     Settings._toml_path = toml_file
+    dotenv, ignored = dotenv_for(toml_file)
     try:
-        loaded = Settings(**overrides)
+        loaded = Settings(**{"_env_file": dotenv, **overrides})
+        loaded._dotenv, loaded._dotenv_ignored = dotenv, ignored
         if toml_file is None:
             return loaded
         # Every relative path in the settings means "beside the settings file", so that
@@ -325,13 +365,15 @@ def load_settings(
         resolved = _absolute_paths(loaded, base)
         assert isinstance(resolved, Settings)
         resolved._base_dir = base
+        resolved._dotenv, resolved._dotenv_ignored = dotenv, ignored
         return resolved
     except ValidationError as exc:
-        raise _validation_error(exc, toml_file) from None
+        raise _validation_error(exc, toml_file, dotenv) from None
     except OSError as exc:
         raise ConfigError(
             f"cannot read: {exc.strerror or exc}",
-            file=str(toml_path),
+            # The settings file, or the .env beside it: say which.
+            file=str(exc.filename or toml_path),
             hint="check that the path names the settings file and that this user may read it",
         ) from None
     except ValueError as exc:  # tomllib.TOMLDecodeError: the message names line and column
@@ -345,19 +387,22 @@ def load_settings(
         Settings._toml_path = None
 
 
-def _env_source(loc: tuple[str | int, ...]) -> str | None:
-    """Where the value at ``loc`` came from if not the file: the environment or ``.env``."""
+def _env_source(loc: tuple[str | int, ...], dotenv: Path | None) -> str | None:
+    """Where the value at ``loc`` came from if not the file: the environment or the
+    ``.env`` that was read (``dotenv``)."""
     if any(isinstance(p, int) for p in loc):
         return None  # lists of tables ([[agreement]]) only come from the file
     name = "SEFTPILOT_" + "__".join(str(p) for p in loc).upper()
     if any(k.upper() == name for k in os.environ):
         return f"environment variable {name}"
+    if dotenv is None:
+        return None
     try:
-        lines = Path(".env").read_text(encoding="utf-8").splitlines()
+        lines = dotenv.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return None
     if any(line.split("=", 1)[0].strip().upper() == name for line in lines):
-        return f"{name} in {Path('.env').absolute()}"
+        return f"{name} in {dotenv}"
     return None
 
 
@@ -400,13 +445,15 @@ def _describe(error: Any) -> tuple[str, str | None]:
     return message, key
 
 
-def _validation_error(exc: ValidationError, toml_file: Path | None) -> ConfigError:
+def _validation_error(
+    exc: ValidationError, toml_file: Path | None, dotenv: Path | None
+) -> ConfigError:
     """Every mistake at once, the first in full; each names its key, and its source when
     that is the environment rather than the file. Input values are never shown: they may
     be secrets."""
     errors = exc.errors()
     message, key = _describe(errors[0])
-    source = _env_source(tuple(errors[0]["loc"]))
+    source = _env_source(tuple(errors[0]["loc"]), dotenv)
     if source:
         message += f" (set by {source})"
     unknown = errors[0]["type"] == "extra_forbidden"

@@ -127,15 +127,31 @@ def test_missing_default_file_names_the_directory_and_a_directory_is_refused(
     assert "a directory, not a settings file" in capsys.readouterr().err
 
 
-def test_init_says_where_to_run_check_so_the_env_file_is_read(
+def test_init_says_how_to_run_check_for_the_new_site_without_cd(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # .env is read from the working directory: "run `seftpilot check`" from here after
-    # `init site` would miss both the settings file and the secrets.
+    # .env is read beside the settings file, so --config is all the next step needs.
     assert run(["init", "site"]) == 0
     out = capsys.readouterr().out
-    assert "copy site/.env.example to site/.env" in out
-    assert "`cd site && seftpilot check --connect`" in out
+    assert "copy site/.env.example to site/.env (beside seftpilot.toml" in out
+    assert "`seftpilot check --connect --config site/seftpilot.toml`" in out
+    assert "cd " not in out
+
+
+def test_check_names_the_env_file_it_read_and_the_one_it_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(["init", "site"]) == 0
+    (tmp_path / "site" / ".env").write_text("SEFTPILOT_IMAP__PASSWORD=hunter2-beside\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / ".env").write_text("SEFTPILOT_IMAP__PASSWORD=hunter2-cwd\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    run(["check", "--config", str(tmp_path / "site" / "seftpilot.toml")])
+    out = capsys.readouterr().out
+    read, ignored = tmp_path / "site" / ".env", tmp_path / "elsewhere" / ".env"
+    assert f".env: read {read}; ignored {ignored}" in out
+    assert "hunter2" not in out
 
 
 def _leaf_commands() -> dict[str, object]:

@@ -65,13 +65,14 @@ def register(app: typer.Typer) -> None:
         for name, what in results.items():
             note = "" if what == "written" else "  (exists; --force to overwrite)"
             console.print(f"{what:>8}  {directory / name}{note}")
-        # seftpilot reads .env from the directory it runs in, so the next step runs there.
+        # .env is read beside the settings file, so no `cd` is needed: --config says which
+        # site, from wherever the operator (or systemd) runs it.
         here = directory.resolve() == Path.cwd().resolve()
-        where = "" if here else f"cd {directory} && "
+        where = "" if here else f" --config {directory / 'seftpilot.toml'}"
         console.print(
             f"\nNext: edit {directory / 'seftpilot.toml'}, copy {directory / '.env.example'} "
-            f"to {directory / '.env'} and fill in the passwords, then run "
-            f"`{where}seftpilot check --connect`."
+            f"to {directory / '.env'} (beside seftpilot.toml, where it is read from) and fill "
+            f"in the passwords, then run `seftpilot check --connect{where}`."
         )
 
     @app.command("check")

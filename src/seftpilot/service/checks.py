@@ -21,8 +21,18 @@ def _agreements(cfg: Settings) -> str:
     return ", ".join(a.nic for a in cfg.agreement)
 
 
+def _dotenv(cfg: Settings) -> str:
+    # Which .env the secrets came from is the first question when one seems missing.
+    if cfg.dotenv_file is None:
+        return "no .env file read (secrets only from the environment)"
+    detail = f"read {cfg.dotenv_file}"
+    if cfg.dotenv_ignored is not None:
+        detail += f"; ignored {cfg.dotenv_ignored} (the one beside the settings file wins)"
+    return detail
+
+
 def _checks(cfg: Settings, connect: bool) -> list[Check]:
-    checks: list[Check] = [("agreements", _agreements)]
+    checks: list[Check] = [("agreements", _agreements), (".env", _dotenv)]
     # Later capabilities register their checks here (rules, profiles, servers).
     from seftpilot.service import checks_extra
 
