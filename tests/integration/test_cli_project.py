@@ -18,7 +18,13 @@ def test_init_writes_commented_config_rules_and_env_example(tmp_path: Path) -> N
     toml = (site / "seftpilot.toml").read_text()
     assert "[[agreement]]" in toml and "# " in toml
     assert (site / ".env.example").stat().st_mode & 0o777 == 0o600
-    # The example configuration is itself valid.
+    # The example configuration is itself valid once the secrets it names are filled in.
+    example = (site / ".env.example").read_text()
+    (site / ".env").write_text(
+        example.replace("IMAP__PASSWORD=", "IMAP__PASSWORD=imap-x").replace(
+            "SMTP__PASSWORD=", "SMTP__PASSWORD=smtp-x"
+        )
+    )
     assert run(["check", "--config", str(site / "seftpilot.toml")]) == 0
 
 
@@ -75,7 +81,8 @@ def test_usage_error_exits_2() -> None:
 def test_check_prints_bracketed_names_as_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = site_config(tmp_path, rules=[str(tmp_path / "none")])
+    # The secrets it needs are there: what fails is not a configuration error (exit 1).
+    cfg = site_config(tmp_path, rules=[str(tmp_path / "none")], imap={"password": "x"})
     assert run(["check", "--config", str(cfg)]) == 1
     assert "no [[agreement]] configured" in capsys.readouterr().out
 
@@ -193,3 +200,68 @@ def test_every_command_help_ends_with_examples_of_itself(
     assert run(["cohort", "build", "--help"]) == 0
     out = capsys.readouterr().out
     assert "Examples:" in out and "seftpilot cohort build export.csv --action ADD" in out
+
+
+def test_check_lists_each_missing_secret_and_exits_2_without_showing_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["init", "site"]) == 0
+    site = tmp_path / "site"
+    config = str(site / "seftpilot.toml")
+    capsys.readouterr()
+    # Nothing yet: both secrets the example's IMAP and SMTP AUTH need, each on its own line.
+    assert run(["check", "--config", config]) == 2
+    out = capsys.readouterr().out
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 2, out
+    assert "imap.password is not set" in fails[0] and "smtp.password is not set" in fails[1]
+    assert f"SEFTPILOT_IMAP__PASSWORD=... in {site / '.env'}" in out
+    # .env.example copied as it is: a blank line is no password.
+    (site / ".env").write_text((site / ".env.example").read_text())
+    assert run(["check", "--config", config, "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert [c["key"] for c in failed] == ["imap.password", "smtp.password"]
+    assert all(c["configuration_error"] for c in failed) and report["exit_code"] == 2
+    assert "imap.password is empty" in failed[0]["detail"]
+    # Filled in: named as set, never shown.
+    (site / ".env").write_text(
+        "SEFTPILOT_IMAP__PASSWORD=hunter2-imap\nSEFTPILOT_SMTP__PASSWORD=hunter2-smtp\n"
+    )
+    assert run(["check", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "secrets: set: imap.password, smtp.password" in out
+    assert "hunter2" not in out
+
+
+def test_check_asks_for_oauth_settings_and_sftp_credentials_the_features_need(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    cfg = site_config(
+        tmp_path,
+        imap={"auth": "xoauth2", "oauth": {"flow": "client_credentials"}},
+        partner={"sftp": {"host": "partner.example", "known_hosts": known_hosts}},
+        agreement=[
+            {
+                "nic": "NIC-402963-P0Y5D",
+                "upload": {
+                    "transport": "sftp",
+                    "sftp": {"host": "seft.example", "key_file": "absent_key"},
+                },
+            }
+        ],
+    )
+    assert run(["check", "--config", str(cfg), "--json"]) == 2
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    failed = [c for c in checks if c["name"] == "secrets"]
+    assert [c["key"] for c in failed] == [
+        "imap.oauth.client_id",
+        "imap.oauth.client_secret",
+        "agreement.0.upload.sftp.key_file",
+        "partner.sftp.key_file",
+    ]
+    details = "\n".join(c["detail"] for c in failed)
+    assert f"the private key file {tmp_path / 'absent_key'} does not exist" in details
+    assert "SEFTPILOT_PARTNER__SFTP__PASSWORD" in details

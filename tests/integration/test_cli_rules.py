@@ -72,7 +72,8 @@ def test_init_then_check_and_test_use_the_sites_rules(
     assert out_json(capsys) == [
         {"file": eml, "rule": "lunch", "class": "ignore", "action": "ignore", "captures": {}}
     ]
-    # `seftpilot check` runs the same rules check.
+    # `seftpilot check` runs the same rules check (with the secrets the site needs).
+    (site / ".env").write_text("SEFTPILOT_IMAP__PASSWORD=x\nSEFTPILOT_SMTP__PASSWORD=y\n")
     assert run(["check", "--config", config, "--json"]) == 0
     checks = out_json(capsys)
     assert isinstance(checks, dict)

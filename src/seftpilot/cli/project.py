@@ -83,7 +83,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Validate the settings and the rules; --connect probes the servers too."""
+        """Validate the settings, secrets and rules; --connect probes the servers too.
+
+        Exits 2 when a failed check is a configuration mistake (a missing secret, a bad
+        key), 1 when the rest is wrong (a rules file, a refused login)."""
         from seftpilot.service.checks import run_checks
 
         cfg = settings(config, required=True)
@@ -98,7 +101,8 @@ def register(app: typer.Typer) -> None:
                     f"{mark}  {escape(item['name'])}: {escape(item['detail'])}", markup=True
                 )
         if not report["ok"]:
-            raise typer.Exit(1)
+            # 2 when a failure is a configuration mistake (a missing secret...), else 1.
+            raise typer.Exit(report["exit_code"])
 
 
 __all__ = ["ConfigError", "init_project", "register"]

@@ -28,9 +28,13 @@ def register(app: typer.Typer) -> None:
         """
         from seftpilot.logs import configure_logging
         from seftpilot.service.assemble import build_watcher, run_once
+        from seftpilot.service.checks import require_secrets
         from seftpilot.service.runtime import Runtime
 
         cfg = settings(config, required=True)
+        # A missing password is a configuration error (exit 2, naming the key), not a
+        # login the server refuses later (exit 1, or a service that retries forever).
+        require_secrets(cfg)
         configure_logging(cfg.log_level)
         with Runtime(cfg) as runtime:
             if once:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 
 from seftpilot.config import Settings, SftpEndpoint
+from seftpilot.errors import ConfigError
 
 Check = tuple[str, Callable[[Settings], str]]
 
@@ -21,10 +22,21 @@ def offline_checks() -> list[Check]:
     return [("rules", check_configured_rules)]
 
 
+def _not_without_secrets(cfg: Settings, server: str) -> None:
+    """A server whose secret is missing is not tried: the login would only be refused (an
+    AuthenticationError, exit 1) for what is a configuration mistake (exit 2)."""
+    from seftpilot.service.checks import missing_secrets
+
+    keys = [m.key for m in missing_secrets(cfg) if m.server == server]
+    if keys:
+        raise ConfigError(f"not tried: {', '.join(keys)} missing (see the secrets lines)")
+
+
 def _imap(cfg: Settings) -> str:
     from seftpilot.adapters.imap import ImapMailbox
     from seftpilot.adapters.oauth import OAuthTokenProvider
 
+    _not_without_secrets(cfg, "imap")
     provider = OAuthTokenProvider(cfg.imap.oauth) if cfg.imap.auth == "xoauth2" else None
     mailbox = ImapMailbox(cfg.imap, token_provider=provider)
     try:
@@ -41,13 +53,15 @@ def _imap(cfg: Settings) -> str:
 def _smtp(cfg: Settings) -> str:
     from seftpilot.adapters.smtp import Mailer
 
+    _not_without_secrets(cfg, "smtp")
     Mailer(cfg.smtp).check()
     return f"{cfg.smtp.host}:{cfg.smtp.port} ({cfg.smtp.security}) accepts us"
 
 
-def _sftp(endpoint: SftpEndpoint, _cfg: Settings) -> str:
+def _sftp(name: str, endpoint: SftpEndpoint, cfg: Settings) -> str:
     from seftpilot.adapters.sftp import SftpClient
 
+    _not_without_secrets(cfg, name)
     with SftpClient(endpoint) as client:
         files = client.list()
     return (
@@ -57,12 +71,9 @@ def _sftp(endpoint: SftpEndpoint, _cfg: Settings) -> str:
 
 
 def connect_checks(cfg: Settings) -> list[Check]:
+    from seftpilot.service.checks import sftp_endpoints
+
     checks: list[Check] = [("imap", _imap), ("smtp", _smtp)]
-    for agreement in cfg.agreement:
-        if agreement.upload.transport == "sftp" and agreement.upload.sftp is not None:
-            checks.append((f"{agreement.nic} upload", partial(_sftp, agreement.upload.sftp)))
-        if agreement.download.source == "sftp" and agreement.download.sftp is not None:
-            checks.append((f"{agreement.nic} download", partial(_sftp, agreement.download.sftp)))
-    if cfg.partner.sftp is not None:
-        checks.append(("partner drop", partial(_sftp, cfg.partner.sftp)))
+    for use in sftp_endpoints(cfg):
+        checks.append((use.name, partial(_sftp, use.name, use.endpoint)))
     return checks
