@@ -164,3 +164,21 @@ def test_delivery_without_a_settings_file_is_a_usage_error_and_creates_no_ledger
     assert run(command) == 2
     assert "configuration file not found" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+def test_an_address_getting_both_mails_is_warned_about_once_per_run(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = site / "seftpilot.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'announce_recipients = ["data@partner.example"]',
+            f'announce_recipients = ["data@partner.example", "{KEYS}"]',
+        )
+    )
+    folder = site / "returned"
+    folder.mkdir()
+    put_files(folder, 1)
+    assert run(cli(site, "forward", "--from", str(folder))) == 0
+    err = capsys.readouterr().err
+    assert err.count("get both the passphrase and the announcement") == 1, err

@@ -154,7 +154,10 @@ def partner_endpoint(runtime: Runtime) -> SftpEndpoint:
 
 
 def check_config(runtime: Runtime, agreement: Agreement) -> None:
-    """Everything a delivery will need, checked before one starts (ConfigError: exit 2)."""
+    """Everything a delivery will need, checked before one starts (ConfigError: exit 2).
+
+    Refuses only; what is allowed but worth a word is ``config_warnings``, said once per
+    Forwarder: this check runs at every collect look, and twice in one `forward` run."""
     partner = runtime.settings.partner
     partner_endpoint(runtime)
     if not partner.passphrase_recipients:
@@ -162,13 +165,6 @@ def check_config(runtime: Runtime, agreement: Agreement) -> None:
             "partner.passphrase_recipients is empty: nobody would get the passphrase",
             key="partner.passphrase_recipients",
             hint="list the addresses that receive the archive passphrase",
-        )
-    overlap = set(partner.passphrase_recipients) & set(partner.announce_recipients)
-    if overlap:
-        log.warning(
-            "%d address(es) get both the passphrase and the announcement: the two still "
-            "travel as separate messages",
-            len(overlap),
         )
     try:
         archive_name(partner.name_template, nhs_day(runtime.clock.now()), 1, agreement.nic)
@@ -179,6 +175,18 @@ def check_config(runtime: Runtime, agreement: Agreement) -> None:
         ) from None
     if agreement.download.source == "sftp":
         collect.download_endpoint(agreement)
+
+
+def config_warnings(runtime: Runtime) -> list[str]:
+    """What the partner settings allow but the operator should hear about."""
+    partner = runtime.settings.partner
+    overlap = set(partner.passphrase_recipients) & set(partner.announce_recipients)
+    if not overlap:
+        return []
+    return [
+        f"{len(overlap)} address(es) get both the passphrase and the announcement: the two "
+        "still travel as separate messages"
+    ]
 
 
 # -- the lock ------------------------------------------------------------------------------
@@ -279,6 +287,7 @@ class Forwarder:
         self.runtime = runtime
         self.progress = progress
         self.checkpoint = checkpoint or (lambda _name: None)
+        self._warned = False
 
     @property
     def store(self) -> DeliveryStore:
@@ -417,6 +426,10 @@ class Forwarder:
         # Refuse before touching the files: a delivery that cannot reach the partner
         # must not move them out of the drop folder.
         check_config(self.runtime, agreement)
+        if not self._warned:
+            self._warned = True
+            for warning in config_warnings(self.runtime):
+                log.warning("%s", warning)
         now = self.now()
         if d.source == "sftp":
             from seftpilot.adapters.sftp import SftpClient
