@@ -145,12 +145,16 @@ def test_from_dir_copies_and_leaves_the_folder_alone(world: World) -> None:
     assert all(f.source.startswith(str(source.resolve())) for f in world.store.files(d.id))
 
 
-def test_from_dir_with_nothing_is_refused(world: World) -> None:
+def test_from_dir_with_nothing_is_refused_before_anything_is_recorded(world: World) -> None:
+    # The operator's slip, said at once by the service itself (not only by the CLI): no
+    # failed delivery in the ledger, no alert mail about it.
     empty = world.tmp / "empty"
     empty.mkdir()
-    outcome = forward_now(world.runtime, from_dir=empty)
-    assert outcome.status == "failed"
-    assert "holds no file" in outcome.message
+    (empty / ".hidden").write_text("not a returned file")
+    with pytest.raises(InputError, match="holds no file"):
+        forward_now(world.runtime, from_dir=empty)
     with pytest.raises(InputError, match="not a folder"):
         forward_now(world.runtime, from_dir=world.tmp / "missing")
+    assert world.store.list_deliveries() == []
+    assert world.smtp.messages == []
     assert os.listdir(world.partner.root) == []

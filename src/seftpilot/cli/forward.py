@@ -129,12 +129,7 @@ def register(app: typer.Typer) -> None:
         from seftpilot.logs import configure_logging
         from seftpilot.service.forward import forward_now
 
-        if from_dir is not None:
-            from seftpilot.service.collect import look_dir
-
-            # Before anything is recorded: a wrong or empty folder is the operator's typo,
-            # not a failed delivery with an alert mail.
-            look_dir(from_dir)
+        # A missing or empty --from is refused by forward_now before anything is recorded.
         cfg = settings(config, required=True)
         configure_logging(cfg.log_level)
         bars = _Bars() if err_console.is_terminal and not json_out else None

@@ -899,10 +899,12 @@ def forward_now(
     """
     agreement = runtime.settings.agreement_for(nic)
     check_config(runtime, agreement)
+    if from_dir is not None:
+        # Before anything is recorded (or an earlier delivery advanced): a missing or empty
+        # folder is the operator's slip, not a failed delivery with an alert mail.
+        collect.look_dir(from_dir)
     forwarder = Forwarder(runtime, progress=progress, checkpoint=checkpoint)
     store = deliveries(runtime)
-    if from_dir is not None and not from_dir.is_dir():
-        raise InputError(f"--from {from_dir}: not a folder", hint="name the folder of the files")
     with forward_lock(runtime):
         # Unfinished deliveries first (advanced), and those waiting for the operator
         # (reported: the command exits 1 while one does).
