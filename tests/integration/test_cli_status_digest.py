@@ -63,6 +63,10 @@ def test_status_and_digest_show_the_same_facts_without_secrets(
     assert text.startswith("seftpilot status, ")
     assert "#1 ADD 1 rows" in text and "DUE" in text
     assert "the mailbox is not being listened to" in text
+    # ... and what to do about it; status is asked for, not the mail sent every day.
+    assert "start `seftpilot watch` (or its service) if it is not running" in text
+    assert "This digest is sent every day" not in text
+    assert text.rstrip().endswith("no open alert")
     assert_no_secret(text)
 
     code, raw = cli(capsys, "status", "--json", "--config", str(site))
@@ -89,6 +93,7 @@ def test_status_and_digest_show_the_same_facts_without_secrets(
     assert text.startswith("Subject: [seftpilot] digest ")
     assert "seftpilot daily digest, " in text
     assert "#1 ADD 1 rows" in text
+    assert "This digest is sent every day" in text
     assert_no_secret(text)
     code, raw = cli(capsys, "digest", "--json", "--config", str(site))
     assert code == 0 and json.loads(raw)["submissions"][0]["id"] == 1

@@ -101,6 +101,7 @@ def test_stale_listening_lost_canaries_and_high_alerts_need_the_operator() -> No
     )
     assert len(digest.attention) == 3
     assert "not being listened to" in digest.attention[0]
+    assert "start `seftpilot watch`" in digest.attention[0]
     assert "canary" in digest.attention[1]
     assert "IMAP login refused" in digest.attention[2]
     assert digest.canary.lost == 1

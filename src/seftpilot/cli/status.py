@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
         Submissions with verdicts and evidence, the believed pool, deliveries, heartbeat,
         canaries and alerts: the daily digest's facts, at any time."""
-        from seftpilot.service.monitor import current_digest, render_digest, status_document
+        from seftpilot.service.monitor import current_digest, status_document
+        from seftpilot.service.render import render_status
 
         with Runtime(settings(config, required=True)) as runtime:
             if json_:
@@ -33,8 +34,7 @@ def register(app: typer.Typer) -> None:
                 needs = bool(doc["attention"])
             else:
                 digest = current_digest(runtime)
-                text, _ = render_digest(digest, title="status")
-                typer.echo(text, nl=False)
+                typer.echo(render_status(digest), nl=False)
                 needs = bool(digest.attention)
         if needs:
             raise typer.Exit(1)

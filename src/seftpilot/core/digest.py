@@ -266,7 +266,12 @@ def _attention(facts: Facts, shown: Sequence[SubmissionFacts]) -> list[str]:
     hb = facts.heartbeat
     if hb.stale:
         last = _at(hb.last_listening_at) if hb.last_listening_at else "never"
-        needs.append(f"the mailbox is not being listened to (last cycle: {last})")
+        # Say what to do: the usual cause is a watch that is not running at all.
+        needs.append(
+            f"the mailbox is not being listened to (last cycle: {last}): start `seftpilot "
+            "watch` (or its service) if it is not running; if it is, its log says why, and "
+            "`seftpilot check --connect` tests the mailbox login"
+        )
     if facts.canary.lost:
         needs.append(
             f"{facts.canary.lost} mail-path canar{'y' if facts.canary.lost == 1 else 'ies'} "

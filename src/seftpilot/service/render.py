@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+if TYPE_CHECKING:
+    from seftpilot.core.digest import Digest
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -42,3 +45,11 @@ def environment() -> Environment:
 
 def render_text(name: str, context: dict[str, Any]) -> str:
     return environment().get_template(name).render(**context)
+
+
+def render_status(digest: Digest) -> str:
+    """``seftpilot status``: the digest's text under its own title, without the footer
+    about a mail sent every day (status is asked for, not sent); secrets redacted."""
+    from seftpilot.logs import redact
+
+    return redact(render_text("digest.txt.j2", {"d": digest, "title": "status", "footer": False}))
