@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,8 @@ from seftpilot.adapters.ledger_store import LedgerStore, RefRow
 from seftpilot.adapters.store import Store
 from seftpilot.cli import run
 from seftpilot.cli import submission as submission_cli
+from tests.fixtures.sftp_server import InProcessSftpServer
+from tests.fixtures.site_config import site_config, smtp_table
 from tests.fixtures.smtp_server import SmtpServer
 from tests.integration.test_submit import MONDAY_10, NIC, rows
 
@@ -84,7 +86,7 @@ def test_submit_manual_then_confirm_list_and_show(
 
     # London time without a zone: 10:04 GMT in March.
     assert run(cli(site, "submission", "confirm", str(sub.id), "--at", "2026-03-02T10:04")) == 0
-    assert "evidence window closes" in capsys.readouterr().out
+    assert "its evidence window closes 12:00 on Tue 3 Mar (London)" in capsys.readouterr().out
     assert run(cli(site, "submission", "show", str(sub.id), "--json")) == 0
     shown = out_json(capsys)
     assert shown["state"] == "uploaded"
@@ -189,3 +191,57 @@ def test_without_a_settings_file_is_a_usage_error_and_creates_no_ledger(
     assert run(command) == 2
     assert "configuration file not found" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+def test_submit_says_the_deadline_and_next_opportunity_on_the_london_clock(
+    tmp_path: Path,
+    sftp_server: InProcessSftpServer,
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Summer time: London is UTC+1, so ISO UTC and the operator's clock differ by an hour.
+    monday = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)  # 11:00 BST, inside the window
+    ep = sftp_server.endpoint()
+    config = site_config(
+        tmp_path,
+        state_dir="state",
+        smtp=smtp_table(smtp_server),
+        operator={"emails": ["operator@study.example"]},
+        canary={"enabled": False},
+        agreement=[
+            {
+                "nic": NIC,
+                "upload": {
+                    "transport": "sftp",
+                    "sftp": {
+                        "host": ep.host,
+                        "port": ep.port,
+                        "username": ep.username,
+                        "key_file": ep.key_file,
+                        "known_hosts": ep.known_hosts,
+                        "remote_dir": ep.remote_dir,
+                    },
+                },
+            }
+        ],
+    )
+    monkeypatch.setattr(submission_cli, "clock_factory", lambda: FakeClock(monday))
+    with Store(tmp_path / "state") as store:
+        ledger = LedgerStore(store)
+        ledger.create_submission(NIC, "ADD", rows("S", 2), at=monday, state="due")
+        ledger.create_submission(NIC, "ADD", rows("T", 2), at=monday, state="due")
+
+    assert run(["submit", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    # The next NHS working day at verdict_deadline (12:00 London), as the digest says it.
+    assert "its evidence window closes 12:00 on Tue 2 Jun (London)" in out, out
+    assert "+00:00" not in out
+    # One upload per NHS day: the second waits for Tuesday's window (09:00 London).
+    assert run(["submit", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "next opportunity 09:00 on Tue 2 Jun (London)" in out, out
+    # --json keeps the unambiguous instants.
+    assert run(["submit", "--json", "--config", str(config)]) == 0
+    (outcome,) = out_json(capsys)["outcomes"]
+    assert outcome["next_opportunity"] == "2026-06-02T08:00:00+00:00"

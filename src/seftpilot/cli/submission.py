@@ -84,9 +84,25 @@ def _row(sub: dict[str, Any], note: str = "") -> dict[str, Any]:
     return out
 
 
+def _london_message(doc: dict[str, Any]) -> str:
+    """The outcome's message with its instants on the operator's clock. The service words
+    them as ISO UTC (``2026-01-06T12:00+00:00``), right for logs and --json; a person
+    reads ``12:00 on Tue 6 Jan (London)``, as the digest says it."""
+    from seftpilot.service.render import london_when
+
+    message = str(doc["message"])
+    for key in ("evidence_deadline", "next_opportunity"):
+        if doc.get(key):
+            when = datetime.fromisoformat(doc[key])
+            message = message.replace(when.isoformat(timespec="minutes"), london_when(when))
+    return message
+
+
 def _render_outcome(doc: dict[str, Any]) -> None:
     mark = "ok" if doc["ok"] else "PROBLEM"
-    console.print(f"{doc['agreement']}: [{mark}] {doc['status']}: {doc['message']}", markup=False)
+    console.print(
+        f"{doc['agreement']}: [{mark}] {doc['status']}: {_london_message(doc)}", markup=False
+    )
     for rec in doc["reconciled"]:
         console.print(f"  reconciled #{rec['submission_id']}: {rec.get('result') or rec}")
     for problem in doc["problems"][:50]:
@@ -263,13 +279,15 @@ def register(app: typer.Typer) -> None:
         if not_sent:
             console.print(f"submission #{sub.id} is due again: it will be uploaded anew")
             return
-        deadline = sub.evidence_deadline.isoformat() if sub.evidence_deadline else None
+        from seftpilot.service.render import london_when
+
         console.print(
             f"submission #{sub.id} recorded as uploaded at {_short(sub.uploaded_at.isoformat())}"
             if sub.uploaded_at
             else f"submission #{sub.id} recorded",
         )
-        console.print(f"  its evidence window closes {_short(deadline)} (London)")
+        if sub.evidence_deadline is not None:
+            console.print(f"  its evidence window closes {london_when(sub.evidence_deadline)}")
 
     @sub_app.command("resolve")
     def resolve_cmd(  # noqa: PLR0917 - typer maps parameters to options

@@ -27,6 +27,13 @@ def london(value: datetime | None, fmt: str = "%a %d %b %H:%M") -> str:
     return value.astimezone(LONDON).strftime(fmt)
 
 
+def london_when(value: datetime) -> str:
+    """A UTC instant as a sentence gives it: ``12:00 on Tue 6 Jan (London)`` (the
+    digest's clock and day names; the zone said, since --json and logs say UTC)."""
+    local = value.astimezone(LONDON)
+    return f"{local:%H:%M} on {local:%a} {local.day} {local:%b} (London)"
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
