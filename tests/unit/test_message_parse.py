@@ -123,6 +123,21 @@ def test_date_without_zone_is_utc() -> None:
     assert m.date == datetime(2025, 6, 3, 7, 12, tzinfo=UTC)
 
 
+def test_a_header_folded_at_a_lone_cr_reads_as_one_line() -> None:
+    # compat32 splits lines at CR too and keeps it in the folded value (found by
+    # tests/fuzz/test_mime.py): no CR may reach a field.
+    raw = (
+        b"From: a@nhs.net\r\nSubject: Cohort\r ok\r\nMessage-ID: \r <m-1@nhs.net>\r\n"
+        b'To: "Study\r Team" <s@example.org>\r\n\r\nbody\r\n'
+    )
+    message = parse_message(raw)
+    assert (message.subject, message.message_id, message.to) == (
+        "Cohort ok",
+        "<m-1@nhs.net>",
+        ("s@example.org",),
+    )
+
+
 def test_missing_from_is_a_defect() -> None:
     m = parse_message(b"Subject: hello\n\nbody")
     assert m.from_addr == "" and "From: missing or unparseable" in m.defects

@@ -44,7 +44,9 @@ from seftpilot.core.message import (
 
 MAX_DEFECTS = 50
 _SELECTED = frozenset(SELECTED_HEADERS)
-_FOLD = re.compile(r"\r?\n[ \t]*")
+# A fold: compat32 keeps the line break it split on, CRLF, LF or a lone CR (a header
+# must not carry any of them into a field: tests/fuzz/test_mime.py).
+_FOLD = re.compile(r"(?:\r\n?|\n)[ \t]*")
 _SURROGATES = re.compile("[\udc80-\udcff]")
 # Fallback charsets for bytes that are not what they claim: UTF-8 first (most common
 # lie: "us-ascii" declared, UTF-8 sent), then Windows-1252 (Outlook), which decodes
