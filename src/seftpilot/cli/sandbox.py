@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
         """Start the servers and the NHS England simulator; write a seftpilot.toml for them.
 
         Runs until Ctrl-C or SIGTERM. Point the service at it with
-        `seftpilot watch --config DIR/seftpilot.toml` (run from DIR: its .env holds the
-        IMAP password).
+        `seftpilot watch --config DIR/seftpilot.toml` (the .env beside it holds the IMAP
+        password).
         """
         from seftpilot.sandbox.up import UpOptions, serve
 

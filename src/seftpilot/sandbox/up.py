@@ -57,7 +57,7 @@ def instructions(sandbox: Sandbox, directory: Path, toml: Path) -> list[str]:
         "answers the next working morning"
         + (f" (x{sandbox.sim_config.speed:g} faster)" if sandbox.sim_config.speed > 1 else ""),
         "",
-        "Rehearse (from the sandbox directory, so seftpilot reads its .env):",
+        "Rehearse (seftpilot reads the .env beside the settings file):",
         f"  cd {directory}",
         f"  seftpilot rules check --config {toml.name}",
         f"  seftpilot plan study-export.csv --apply --config {toml.name}",

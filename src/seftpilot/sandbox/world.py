@@ -323,7 +323,7 @@ class Sandbox:
         lines = [
             "# Written by `seftpilot sandbox up`: every server below runs on this machine's",
             "# loopback interface, holds synthetic data only, and is gone when it stops.",
-            "# The IMAP password is in .env beside this file (run seftpilot from here).",
+            "# The IMAP password is in .env beside this file, where seftpilot reads it.",
             f"state_dir = {q(values['state_dir'])}",
             f"rules = {q(values['rules'])}",
             "",
