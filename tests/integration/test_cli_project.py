@@ -81,9 +81,10 @@ def test_usage_error_exits_2() -> None:
 def test_check_prints_bracketed_names_as_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The secrets it needs are there: what fails is not a configuration error (exit 1).
+    # The secrets it needs are there; the missing agreement is a configuration mistake
+    # (exit 2), and its name keeps its brackets.
     cfg = site_config(tmp_path, rules=[str(tmp_path / "none")], imap={"password": "x"})
-    assert run(["check", "--config", str(cfg)]) == 1
+    assert run(["check", "--config", str(cfg)]) == 2
     assert "no [[agreement]] configured" in capsys.readouterr().out
 
 

@@ -28,7 +28,13 @@ Check = tuple[str, Callable[[Settings], str]]
 
 def _agreements(cfg: Settings) -> str:
     if not cfg.agreement:
-        raise SeftpilotError("no [[agreement]] configured")
+        # A configuration mistake (exit 2), not a problem found: nothing can be sent.
+        raise ConfigError(
+            "no [[agreement]] configured",
+            key="agreement",
+            hint="add an [[agreement]] table with the NIC number of the data sharing "
+            "agreement (seftpilot init writes a commented example)",
+        )
     return ", ".join(a.nic for a in cfg.agreement)
 
 
