@@ -4,12 +4,15 @@ the server and say what to do."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
 from seftpilot.adapters.imap import ImapMailbox
+from seftpilot.config import ImapSettings
 from seftpilot.errors import (
     AuthenticationError,
     PermanentError,
@@ -57,6 +60,19 @@ def test_starttls_upgrades_before_login(
     with ImapMailbox(server.settings()) as mailbox:
         assert mailbox.select().uidvalidity > 0
         assert mailbox.client.socket().version() is not None  # really TLS now
+
+
+def test_nagle_is_off_so_split_commands_do_not_wait_for_a_delayed_ack(
+    imap_server_factory: Callable[..., ImapTestServer], test_ca: TlsFiles
+) -> None:
+    """imapclient writes SEARCH and others in pieces: with Nagle on, each such command
+    waited out the server's delayed ACK (44 ms a SEARCH on loopback, up to 200 ms on some
+    servers). Off on every kind of connection, STARTTLS's upgraded one included."""
+    for security in ("plain", "tls", "starttls"):
+        server = imap_server_factory(security=security, tls=test_ca)
+        with ImapMailbox(server.settings()) as mailbox:
+            sock = mailbox.client.socket()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), security
 
 
 def test_starttls_with_an_untrusted_certificate_is_refused(
@@ -156,3 +172,69 @@ def test_idle_switched_off_polls(imap_server: ImapTestServer) -> None:
         mailbox.select()
         assert "IDLE" in mailbox.capabilities and not mailbox.uses_idle
         assert mailbox.wait(threading.Event()).kind == "poll"
+
+
+class _SplitLineServer:
+    """A scripted IMAP server on loopback for one protocol edge: during IDLE it writes
+    ``* 2 EXISTS`` in two pieces, 0.3 s apart, as a server may (TCP promises bytes, not
+    lines). Speaks just what a connect, SELECT, NOOP and IDLE need."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.idles = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 IDLE] split-line test server\r\n")
+            for line in lines:
+                tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+                command = rest.split(b" ", 1)[0].upper()
+                if command == b"CAPABILITY":
+                    conn.sendall(b"* CAPABILITY IMAP4rev1 IDLE\r\n" + tag + b" OK done\r\n")
+                elif command == b"SELECT":
+                    conn.sendall(
+                        b"* 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Seen)\r\n"
+                        b"* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n"
+                        + tag
+                        + b" OK [READ-WRITE] selected\r\n"
+                    )
+                elif command == b"IDLE":
+                    self.idles += 1
+                    conn.sendall(b"+ idling\r\n")
+                    time.sleep(0.2)
+                    conn.sendall(b"* 2 EX")
+                    time.sleep(0.3)
+                    conn.sendall(b"ISTS\r\n")
+                    if lines.readline().strip() == b"DONE":
+                        conn.sendall(tag + b" OK idle done\r\n")
+                elif command == b"LOGOUT":
+                    conn.sendall(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+                    return
+                else:  # LOGIN, NOOP
+                    conn.sendall(tag + b" OK done\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+def test_new_mail_written_in_two_pieces_during_idle_is_seen_whole() -> None:
+    """imapclient's idle_check reads a non-blocking socket and breaks on half a line
+    ("unterminated line", imapclient issue #519): the wait lost its connection instead of
+    reporting mail. The wait reads the server's words whole."""
+    server = _SplitLineServer()
+    settings = ImapSettings(
+        host="127.0.0.1", port=server.port, security="plain", username="u", password="p"
+    )
+    try:
+        with ImapMailbox(settings) as mailbox:
+            mailbox.select()
+            woke = mailbox.wait(threading.Event())
+            assert (woke.kind, woke.new_mail) == ("idle", True)
+            assert mailbox.connected and server.idles == 1
+    finally:
+        server.close()
