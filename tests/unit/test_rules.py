@@ -281,6 +281,9 @@ def test_duplicate_names_are_refused_naming_both_places() -> None:
         ({"subject": {}}, "exactly one of"),
         ({"subject": {"contains": "a", "regex": "b"}}, "exactly one of"),
         ({"subject": {"regex": "(unclosed"}}, "bad regex"),
+        # re's FutureWarning ("Possible nested set"), refused by name: found by the fuzzer
+        ({"subject": {"regex": "[[a]"}}, "is ambiguous .*Possible nested set"),
+        ({"subject": {"regex": "[a--b]"}}, "is ambiguous .*Possible set difference"),
         ({"subject": {"contains": " "}}, "non-empty"),
         ({"header": {"X-Not-Kept": {"exists": True}}}, "not kept by the parser"),
         ({"all": []}, "at least one"),

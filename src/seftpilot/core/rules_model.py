@@ -10,6 +10,7 @@ rules against mail (``core.rules`` does). ``RulesFile.model_json_schema`` is wha
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -51,10 +52,21 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False) -> re.Pattern[s
 
 def _check_regex(pattern: str) -> str:
     try:
-        re.compile(pattern, REGEX_FLAGS)
+        # Python warns (FutureWarning) about a set that a later version will read
+        # differently ("[[", "--", "&&" inside [...]): refused here with the rule named,
+        # not left to print at every classification. As an error the warning also stops
+        # the pattern from entering re's cache, so a second load refuses it again.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            re.compile(pattern, REGEX_FLAGS)
     except re.error as exc:
         where = f" at position {exc.pos}" if exc.pos is not None else ""
         raise ValueError(f"bad regex {pattern!r}: {exc.msg}{where}") from None
+    except FutureWarning as exc:
+        raise ValueError(
+            f"regex {pattern!r} is ambiguous ({exc}): a future Python reads it differently; "
+            "escape the character inside the brackets, e.g. [[a] -> [\\[a]"
+        ) from None
     # Refused at load time: Python's re has no time limit (see core.regex_safety).
     why = nested_quantifier(pattern)
     if why:
