@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from seftpilot.adapters.clock import FakeClock, SystemClock
 from seftpilot.adapters.imap import ImapMailbox
-from seftpilot.adapters.mail_store import MailRecord, MailStore
+from seftpilot.adapters.mail_store import MailRecord, MailStore, NewMail
 from seftpilot.adapters.rules_files import load_rules
 from seftpilot.adapters.store import Store
 from seftpilot.config import Settings
@@ -380,6 +381,93 @@ def test_flag_after_handling_and_never_when_handling_failed(
     flags = imap_server.flags()
     assert "\\Flagged" in flags[ok_uid]
     assert "\\Flagged" not in flags[bad_uid]
+
+
+def test_a_drop_between_handled_and_the_move_is_made_good_on_the_next_catch_up(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    # The handler succeeds, then the connection dies before the move: the message is
+    # handled (never again), and the reconnecting catch-up moves it after all.
+    imap_server.append(make_message(1, subject="first"))
+    imap_server.append(make_message(2, subject="second"))
+    calls: list[int] = []
+
+    def dropping(record: MailRecord, message: Message, c: Classification) -> None:
+        calls.append(record.uid)
+        if len(calls) == 1:
+            assert imap_server.drop_connections() == 1  # the move comes next, and fails
+
+    settings = settings_for(tmp_path, imap_server, after_handling="move")
+    intake = MailIntake(settings, store, ruleset, SystemClock(), dropping)
+    with pytest.raises(TransientError):
+        intake.catch_up()
+    mail = MailStore(store)
+    (uv,) = mail.uidvalidities(intake.account, "INBOX")
+    (first,) = mail.untidied(intake.account, "INBOX", uv)
+    assert first.state == "handled" and len(imap_server.messages("INBOX")) == 2
+
+    report = intake.catch_up()  # reconnects first
+    intake.close()
+    assert len(calls) == 2 and calls == sorted(set(calls))  # each handled exactly once
+    assert imap_server.messages("INBOX") == []
+    moved = imap_server.messages("seftpilot/handled")
+    assert len(moved) == 2 and b"first" in moved[0] and b"second" in moved[1]
+    assert report.tidied_late == 1 and report.handled == 1
+    assert mail.untidied(intake.account, "INBOX", uv) == []
+    assert [r.state for r in mail.messages(intake.account)] == ["handled", "handled"]
+
+
+def test_a_crash_between_handled_and_the_flag_is_made_good_on_the_next_catch_up(
+    imap_server: ImapTestServer, tmp_path: Path, store: Store, ruleset: RuleSet
+) -> None:
+    # The ledger as a process killed between mark_handled and the flag leaves it: the row
+    # handled (checkpoint past it), the message on the server untouched.
+    uid = imap_server.append(make_message(1, subject="handled, then killed"))
+    settings = settings_for(tmp_path, imap_server, after_handling="flag")
+    intake = MailIntake(settings, store, ruleset, SystemClock(), Recorder(store))
+    uv = imap_server.uidvalidity()
+    mail = MailStore(store)
+    gone = 10_000  # handled, untidied, and since deleted from the folder by someone
+    records = mail.record_received_many([_new_mail(intake.account, uv, n) for n in (uid, gone)], T)
+    for record in records:
+        mail.mark_handled(record, T, advance_to=record.uid)
+    assert "\\Flagged" not in imap_server.flags()[uid]
+
+    hook = Recorder(store)
+    intake.on_message = hook
+    report = intake.catch_up()
+    intake.close()
+    assert hook.calls == []  # handled before the crash: never again
+    assert "\\Flagged" in imap_server.flags()[uid]
+    assert report.tidied_late == 2
+    assert mail.untidied(intake.account, "INBOX", uv) == []  # the gone UID was a no-op
+    again = MailIntake(settings, store, ruleset, SystemClock(), hook)
+    assert again.catch_up().tidied_late == 0
+    again.close()
+
+
+T = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def _new_mail(account: str, uv: int, uid: int) -> NewMail:
+    return NewMail(
+        account=account,
+        folder="INBOX",
+        uidvalidity=uv,
+        uid=uid,
+        key=f"mid:<test-{uid}@example.nhs.uk>",
+        message_id=f"<test-{uid}@example.nhs.uk>",
+        received_at=T,
+        sent_at=None,
+        from_addr="enquiries@nhsdigital.nhs.uk",
+        subject="handled, then killed",
+        size=100,
+        rule="default",
+        class_="unmatched",
+        action="alert",
+        captures={},
+        defects=(),
+    )
 
 
 def test_poison_message_is_pushed_forward_retried_then_abandoned(

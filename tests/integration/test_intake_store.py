@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from seftpilot.adapters.locks import MailboxLock, lock_path
-from seftpilot.adapters.mail_store import MailStore, dedupe_key
-from seftpilot.adapters.store import Store
+from seftpilot.adapters.mail_store import MailStore, NewMail, dedupe_key
+from seftpilot.adapters.store import DB_NAME, MIGRATIONS, Store, _split_sql
 from seftpilot.errors import AlreadyRunning
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -107,3 +108,66 @@ def test_lock_names_are_safe_file_names(tmp_path: Path) -> None:
     assert path.parent == tmp_path / "locks"
     assert path.resolve().parent == (tmp_path / "locks").resolve()
     assert "/" not in path.name and ".." not in path.name
+
+
+def test_upgrading_an_old_ledger_counts_its_handled_messages_as_tidied(tmp_path: Path) -> None:
+    # A ledger as the previous release left it (schema 6): one handled, one failed and one
+    # received message. The upgrade must not make the next catch-up re-flag/move history.
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    conn = sqlite3.connect(state / DB_NAME, isolation_level=None)
+    for script in MIGRATIONS[:6]:
+        for statement in _split_sql(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    for uid, state_, handled_at in (
+        (1, "handled", "2026-01-05T09:01:00+00:00"),
+        (2, "failed", None),
+        (3, "received", None),
+    ):
+        conn.execute(
+            "INSERT INTO mail_messages(account, folder, uidvalidity, uid, received_at, state, "
+            "handled_at) VALUES (?,?,?,?,?,?,?)",
+            (ACCOUNT, FOLDER, 7, uid, "2026-01-05T09:00:00+00:00", state_, handled_at),
+        )
+    conn.close()
+
+    with Store(state) as store:
+        assert store.version == len(MIGRATIONS) >= 7
+        mail = MailStore(store)
+        tidied = {r.uid: r.tidied_at for r in mail.messages(ACCOUNT)}
+        assert tidied == {1: datetime(2026, 1, 5, 9, 1, tzinfo=UTC), 2: None, 3: None}
+        assert mail.untidied(ACCOUNT, FOLDER, 7) == []
+
+
+def test_a_handled_message_stays_untidied_until_marked(mail: MailStore) -> None:
+    (first, second) = mail.record_received_many([_new(1, "<a@x>"), _new(2, "<b@x>")], T0)
+    mail.mark_handled(first, T0, advance_to=1)
+    mail.mark_handled(second, T0, tidied=True)  # after_handling = none: nothing owed
+    assert [r.uid for r in mail.untidied(ACCOUNT, FOLDER, 7)] == [1]
+    assert mail.untidied(ACCOUNT, FOLDER, 8) == []  # another UIDVALIDITY: not these UIDs
+    mail.mark_tidied([first.id], T0 + timedelta(minutes=1))
+    assert mail.untidied(ACCOUNT, FOLDER, 7) == []
+    assert mail.by_id(first.id).tidied_at == T0 + timedelta(minutes=1)
+    assert mail.by_id(second.id).tidied_at == T0
+
+
+def _new(uid: int, message_id: str) -> NewMail:
+    return NewMail(
+        account=ACCOUNT,
+        folder=FOLDER,
+        uidvalidity=7,
+        uid=uid,
+        key=dedupe_key(message_id, date=None, from_addr=None, subject=None, size=None),
+        message_id=message_id,
+        received_at=T0,
+        sent_at=None,
+        from_addr="nhs@example.org",
+        subject="Notice",
+        size=100,
+        rule="default",
+        class_="unmatched",
+        action="alert",
+        captures={},
+        defects=(),
+    )

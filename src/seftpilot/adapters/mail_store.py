@@ -1,12 +1,14 @@
 """The mail intake's records in the ledger: checkpoints, messages, listening coverage.
 
 Owns the SQL over ``mail_checkpoints``, ``mail_messages`` and ``listening`` (schema in
-``adapters/store.py``, migrations 1 and 3):
+``adapters/store.py``, migrations 1, 3 and 7):
 
 - a checkpoint per (account, folder, UIDVALIDITY): the highest UID dealt with;
 - a row per message seen, with a second key (``dedupe_key``: the Message-ID, else a hash of
   Date+From+Subject+size) so a message renumbered by a UIDVALIDITY change is recognised;
 - each message's state: ``received`` -> ``handled`` | ``failed`` (with ``attempts``);
+- whether a handled message was tidied on the server (``tidied_at``: flagged or moved, or
+  nothing to do), so a tidy-up cut short by a crash or a drop is done on the next pass;
 - listening coverage: a timestamp per successful poll, IDLE cycle or catch-up, and
   ``coverage()`` that reports the largest gap in a window (verdicts depend on it).
 
@@ -66,6 +68,7 @@ class MailRecord:
     captures: Mapping[str, Any]
     received_at: datetime
     last_error: str | None
+    tidied_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> MailRecord:
@@ -85,6 +88,7 @@ class MailRecord:
             captures=json.loads(row["captures"] or "{}"),
             received_at=_parse(row["received_at"]),
             last_error=row["last_error"],
+            tidied_at=_parse(row["tidied_at"]) if row["tidied_at"] else None,
         )
 
 
@@ -354,13 +358,20 @@ class MailStore:
         now: datetime,
         *,
         advance_to: int | None = None,
+        tidied: bool = False,
     ) -> None:
-        """``handled`` (and the checkpoint moved to ``advance_to``) in one transaction."""
+        """``handled`` (and the checkpoint moved to ``advance_to``) in one transaction.
+
+        ``tidied`` when there is nothing to do on the server afterwards
+        (``after_handling = none``); otherwise ``mark_tidied`` follows the tidy-up, and
+        until then ``untidied`` lists the message.
+        """
+        stamp = utcnow_iso(now)
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE mail_messages SET state='handled', attempts=attempts+1, "
-                "handled_at=?, last_error=NULL WHERE id=?",
-                (utcnow_iso(now), record.id),
+                "handled_at=?, tidied_at=?, last_error=NULL WHERE id=?",
+                (stamp, stamp if tidied else None, record.id),
             )
             # No event: the row's state and handled_at say it, and an event per message
             # would double the writes of a large catch-up (see benchmarks/RESULTS.md).
@@ -373,6 +384,29 @@ class MailStore:
                     uid=advance_to,
                     now=now,
                 )
+
+    def mark_tidied(self, record_ids: Sequence[int], now: datetime) -> None:
+        """The handled messages ``record_ids`` were flagged/moved on the server (or the
+        server refused for good: they are not tried again either way)."""
+        if not record_ids:
+            return
+        stamp = utcnow_iso(now)
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "UPDATE mail_messages SET tidied_at=? WHERE id=? AND tidied_at IS NULL",
+                [(stamp, record_id) for record_id in record_ids],
+            )
+
+    def untidied(self, account: str, folder: str, uidvalidity: int) -> list[MailRecord]:
+        """Handled messages of this UIDVALIDITY whose flag/move never happened (the process
+        died or the connection dropped between ``mark_handled`` and the tidy-up), by UID.
+        Answered from a partial index that holds only these rows."""
+        rows = self.store.query(
+            "SELECT * FROM mail_messages WHERE account=? AND folder=? AND uidvalidity=? "
+            "AND state='handled' AND tidied_at IS NULL ORDER BY uid",
+            (account, folder, uidvalidity),
+        )
+        return [MailRecord.from_row(r) for r in rows]
 
     def mark_failed(
         self,

@@ -295,6 +295,19 @@ MIGRATIONS: list[str] = [
         at TEXT NOT NULL
     );
     """,
+    # 7: the mail intake's tidy-up (flag/move after handling) is resumable
+    # (adapters/mail_store.py). ``tidied_at`` is set once the server was told, or when
+    # there is nothing to tell it; a handled row without it was interrupted between the
+    # two steps and is tidied on the next catch-up. Rows handled before this upgrade
+    # count as tidied, so an upgrade never re-touches history. The partial index holds
+    # only the interrupted ones (usually none), so looking for them costs nothing.
+    """
+    ALTER TABLE mail_messages ADD COLUMN tidied_at TEXT;
+    UPDATE mail_messages SET tidied_at = COALESCE(handled_at, received_at)
+        WHERE state = 'handled';
+    CREATE INDEX mail_messages_untidied ON mail_messages(account, folder, uidvalidity, uid)
+        WHERE state = 'handled' AND tidied_at IS NULL;
+    """,
 ]
 
 

@@ -5,7 +5,7 @@ Wires ``adapters.imap`` (the server), ``adapters.mailparse`` + ``core.rules`` (m
 
     fetch a batch -> parse + classify each -> record the batch ``received`` (one
     transaction) -> per message: on_message(record, message, class)
-          -> ``handled`` (one transaction) -> flag/move if configured
+          -> ``handled`` (one transaction) -> flag/move if configured -> ``tidied``
     -> the checkpoint moves to the batch's last UID (with its last ``handled`` mark)
 
 Every row is in the ledger before its ``on_message`` runs; a message is never marked
@@ -15,6 +15,14 @@ mid-batch the checkpoint is behind, the batch is fetched again, and a message wh
 says ``handled`` only moves the checkpoint. So the checkpoint is written once per batch
 rather than once per message (3.5 -> 2.5 pages written to the WAL per message in a
 catch-up, so fewer auto-checkpoints and their fsyncs; see benchmarks/RESULTS.md).
+
+The flag/move is resumable: a message is ``tidied`` in the ledger only after the server
+did it (at once with ``handled`` when ``after_handling = none``). If the process dies or
+the connection drops between ``handled`` and the tidy-up, the next catch-up (right after
+SELECT, for the current UIDVALIDITY) flags/moves every handled-but-untidied message in
+one command per ``TIDY_BATCH``; a UID no longer in the folder is a no-op for the server.
+A PermanentError from the tidy-up is logged and the message still counts as tidied, so
+it cannot loop.
 
 A message whose ``on_message`` raises is marked ``failed`` (attempts + 1) and the checkpoint
 moves past it, so one poison message cannot stop the mailbox; it is retried on later cycles
@@ -72,6 +80,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 # Parsed messages (attachments decoded) of one recording batch are held until handled:
 # cap their raw size so a backlog of large attachments cannot balloon memory.
 RECORD_BATCH_BYTES = 16 * 1024 * 1024
+# Interrupted tidy-ups redone per UID STORE/MOVE command: keeps the command line short.
+TIDY_BATCH = 500
 
 
 # Reconnecting: 12 attempts within 30 minutes, waits from 1 s doubling to 5 minutes (plus up
@@ -98,6 +108,7 @@ class CatchUpReport:
     duplicates: int = 0
     retried: int = 0
     abandoned: int = 0
+    tidied_late: int = 0  # handled earlier, flagged/moved only now (after a crash or drop)
     renumbered_from: list[int] = field(default_factory=list)
 
 
@@ -193,6 +204,8 @@ class MailIntake:
                     uv,
                 )
             last = 0
+        # Tidy-ups cut short by a crash or a drop: done before anything new is handled.
+        self._tidy_interrupted(uv, report)
         # Only after a renumbering can a message come back under a new UID.
         others = any(v != uv for v in self.mail.uidvalidities(self.account, self.folder))
         attempted: set[int] = set()
@@ -321,16 +334,55 @@ class MailIntake:
                 if self.on_abandoned is not None:
                     self.on_abandoned(self.mail.by_id(record.id), error)
             return
-        self.mail.mark_handled(record, self.clock.now(), advance_to=advance_to)
+        nothing_to_tidy = self.mailbox.settings.after_handling == "none"
+        self.mail.mark_handled(
+            record, self.clock.now(), advance_to=advance_to, tidied=nothing_to_tidy
+        )
         report.handled += 1
+        if not nothing_to_tidy:
+            # A TransientError here leaves the row handled but untidied: the next
+            # catch-up, after reconnecting, does the tidy-up (``_tidy_interrupted``).
+            self._tidy([record])
+
+    def _tidy(self, records: list[MailRecord]) -> None:
+        """Flag/move ``records`` (handled, same UIDVALIDITY) on the server, then record
+        them tidied. A PermanentError is logged and they count as tidied all the same:
+        the message is handled and recorded, only the tidy-up failed, and retrying it on
+        every pass would only repeat the warning."""
+        uids = [r.uid for r in records]
         try:
-            done = self.mailbox.after_handling(record.uid)
+            done = self.mailbox.after_handling_many(uids)
         except PermanentError as exc:
-            # The message is handled and recorded; only the tidy-up failed.
-            log.warning("%s uid %s: handled, but %s", self.folder, record.uid, exc)
+            if len(records) > 1:
+                # One refused UID must not leave the others untidied: one by one.
+                for record in records:
+                    self._tidy([record])
+                return
+            log.warning("%s uid %s: handled, but %s", self.folder, uids[0], exc)
+        else:
+            if done:
+                log.debug("%s uid %s: %s", self.folder, ",".join(map(str, uids)), done)
+        self.mail.mark_tidied([r.id for r in records], self.clock.now())
+
+    def _tidy_interrupted(self, uv: int, report: CatchUpReport) -> None:
+        """Redo the flag/move of messages handled under ``uv`` whose tidy-up was cut short."""
+        pending = self.mail.untidied(self.account, self.folder, uv)
+        if not pending:
             return
-        if done:
-            log.debug("%s uid %s: %s", self.folder, record.uid, done)
+        if self.mailbox.settings.after_handling == "none":
+            # The configuration changed since: nothing to do on the server any more.
+            self.mail.mark_tidied([r.id for r in pending], self.clock.now())
+            return
+        log.info(
+            "%s %s: flagging/moving %s message(s) handled before an interruption",
+            self.account,
+            self.folder,
+            len(pending),
+        )
+        for start in range(0, len(pending), TIDY_BATCH):
+            chunk = pending[start : start + TIDY_BATCH]
+            self._tidy(chunk)
+            report.tidied_late += len(chunk)
 
     def _retry_failed(self, uv: int, attempted: set[int], report: CatchUpReport) -> None:
         for record in self.mail.retryable(self.account, self.folder, uv, self.max_attempts):
