@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import takewhile
 from operator import itemgetter
 from typing import Any
 
@@ -66,8 +67,31 @@ _CLEAN_BYTES = bytes(b for b in range(0x20, 0x7F) if b != 0x22) + b"\r\n"
 # --- reports ----------------------------------------------------------------------------
 
 
+class _RowShare:
+    """The 2% rule, for a report or build result with ``rows`` and ``invalid_rows``."""
+
+    rows: int
+    invalid_rows: int
+
+    @property
+    def invalid_share(self) -> float:
+        return self.invalid_rows / self.rows if self.rows else 0.0
+
+    @property
+    def nhs_threshold_exceeded(self) -> bool:
+        """More than 2% of rows fail: NHS England rejects the whole file."""
+        return self.invalid_share > NHS_REJECT_SHARE
+
+    def _share_json(self) -> dict[str, Any]:
+        return {
+            "invalid_rows": self.invalid_rows,
+            "invalid_share": round(self.invalid_share, 6),
+            "nhs_threshold_exceeded": self.nhs_threshold_exceeded,
+        }
+
+
 @dataclass
-class ValidationReport:
+class ValidationReport(_RowShare):
     """What ``cohort validate`` found. ``to_json`` is DESIGN.md's contract (plus extras)."""
 
     valid: bool
@@ -79,14 +103,6 @@ class ValidationReport:
     truncated: bool = False
     file_name: str | None = None
 
-    @property
-    def invalid_share(self) -> float:
-        return self.invalid_rows / self.rows if self.rows else 0.0
-
-    @property
-    def nhs_threshold_exceeded(self) -> bool:
-        return self.invalid_share > NHS_REJECT_SHARE
-
     def to_json(self) -> dict[str, Any]:
         return {
             "valid": self.valid,
@@ -95,15 +111,13 @@ class ValidationReport:
             "problems": [p.to_json() for p in self.problems],
             "problem_counts": dict(self.problem_counts),
             "problems_truncated": self.truncated,
-            "invalid_rows": self.invalid_rows,
-            "invalid_share": round(self.invalid_share, 6),
-            "nhs_threshold_exceeded": self.nhs_threshold_exceeded,
+            **self._share_json(),
             "file": self.file_name,
         }
 
 
 @dataclass(frozen=True)
-class BuildResult:
+class BuildResult(_RowShare):
     """What ``cohort build`` did. ``path``/``sha256`` are None when nothing was written."""
 
     path: str | None
@@ -122,16 +136,6 @@ class BuildResult:
     def written(self) -> bool:
         return self.path is not None
 
-    @property
-    def invalid_share(self) -> float:
-        return self.invalid_rows / self.rows if self.rows else 0.0
-
-    @property
-    def nhs_threshold_exceeded(self) -> bool:
-        """Above NHS England's 2%, the whole file would be rejected: writing it anyway
-        with --allow-problems does not help."""
-        return self.invalid_share > NHS_REJECT_SHARE
-
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -141,9 +145,7 @@ class BuildResult:
             "problems": [p.to_json() for p in self.problems],
             "problem_counts": dict(self.problem_counts),
             "problems_truncated": self.truncated,
-            "invalid_rows": self.invalid_rows,
-            "invalid_share": round(self.invalid_share, 6),
-            "nhs_threshold_exceeded": self.nhs_threshold_exceeded,
+            **self._share_json(),
             "notices": list(self.notices),
         }
 
@@ -968,15 +970,20 @@ def _other_lines(run: re.Pattern[str], joined: str) -> list[int]:
     instead of backtracking into the last accepted line."""
     scan = joined + "\n\x00\n"
     end = len(joined) + 1  # where the sentinel starts
+    return _line_indexes(scan, takewhile(end.__gt__, (m.start(1) for m in run.finditer(scan))))
+
+
+def _line_indexes(text: str, offsets: Iterable[int]) -> list[int]:
+    """The line (counted from 0) of each of ``offsets`` (ascending) in ``text``, each
+    line once: newlines are counted between consecutive offsets only, so the whole
+    costs one pass over the text."""
     out: list[int] = []
     line = pos = 0
-    for m in run.finditer(scan):
-        start = m.start(1)
-        if start >= end:
-            break
-        line += scan.count("\n", pos, start)
-        pos = start
-        out.append(line)
+    for offset in offsets:
+        line += text.count("\n", pos, offset)
+        pos = offset
+        if not out or out[-1] != line:
+            out.append(line)
     return out
 
 
@@ -985,6 +992,8 @@ _POSTCODE_ONE = re.compile(r"(?:[A-Z0-9]{2,4} [A-Z0-9]{3})?")
 _PRINTABLE_LF = bytes(range(0x20, 0x7F)) + b"\n"
 _NHS_OTHER = _line_run(r"[0-9]{10}")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# ISO dates that are valid within the years accepted (29 February left to the rules), or empty.
+_ISO_OTHER = _line_run(_date_fragment("YYYY-MM-DD").decode("ascii"))
 
 
 def _ten_digit_column(joined: str, count: int) -> bytes | None:
@@ -1099,12 +1108,11 @@ class CohortBuilder:
         ).format
         # ISO dates (what databases export) become a year-first profile format with one
         # replace over the joined column: `_iso_sep` is that format's separator, None when
-        # the profile's dates are not year-first. `_iso_other` finds the lines that are
+        # the profile's dates are not year-first. `_ISO_OTHER` finds the lines that are
         # neither empty nor a valid ISO date within the years accepted (29 February among
         # them: it needs the leap-year test); only those go value by value.
         iso = re.fullmatch(r"YYYY([-/. ]?)MM\1DD", profile.date_format)
         self._iso_sep = iso.group(1) if iso else None
-        self._iso_other = _line_run(_date_fragment("YYYY-MM-DD").decode("ascii"))
 
     def header_bytes(self) -> bytes:
         return (",".join(self.profile.header) + "\r\n").encode("ascii")
@@ -1150,14 +1158,7 @@ class CohortBuilder:
     def _lines_with(spots: re.Pattern[str], joined: str) -> list[int]:
         """Indexes of the lines of ``joined`` (a column joined with newlines) where
         ``spots`` matches: one C-level scan instead of a Python test per value."""
-        out: list[int] = []
-        line = pos = 0
-        for m in spots.finditer(joined):
-            line += joined.count("\n", pos, m.start())
-            pos = m.start()
-            if not out or out[-1] != line:
-                out.append(line)
-        return out
+        return _line_indexes(joined, (m.start() for m in spots.finditer(joined)))
 
     def _cached(
         self,
@@ -1274,7 +1275,7 @@ class CohortBuilder:
         joined = "\n".join(col)
         if joined.count("\n") != len(col) - 1:
             return None
-        others = _other_lines(self._iso_other, joined)
+        others = _other_lines(_ISO_OTHER, joined)
         out = (joined.replace("-", sep) if sep != "-" else joined).split("\n")
         suspects: list[int] = []
         if spec.required and _has_empty(joined, len(col)):
