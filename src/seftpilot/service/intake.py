@@ -218,13 +218,13 @@ class MailIntake:
                     uid = item.fetched.uid
                     attempted.add(uid)
                     # The checkpoint rides on the batch's last message only (see above).
-                    last = n == len(items)
-                    self._process(item, uv, report, advance=last)
+                    batch_end = n == len(items)
+                    self._process(item, uv, report, advance=batch_end)
                     report.last_uid = uid
                     if stop is not None and stop.is_set():
                         # The message in hand is finished; the rest of the batch is in
                         # the ledger as `received` and is handled on the next pass.
-                        if not last:
+                        if not batch_end:
                             self.mail.advance(self.account, self.folder, uv, uid, self.clock.now())
                         return report
         self._retry_failed(uv, attempted, report)
