@@ -493,13 +493,10 @@ class ImapMailbox:
                 # Something else (a keep-alive, a flag change): back to IDLE until renewal.
 
     # -- after handling ----------------------------------------------------------
-    def after_handling(self, uid: int) -> str | None:
-        """Flag or move a handled message as configured; returns what was done."""
-        return self.after_handling_many([uid])
-
     def after_handling_many(self, uids: Sequence[int]) -> str | None:
-        """``after_handling`` for several messages in one command each (the intake's
-        catch-up of interrupted tidy-ups). A UID no longer in the folder is passed over
+        """Flag or move handled messages as configured, in one command each; returns what
+        was done. The intake passes one message as it is handled, or the interrupted
+        tidy-ups of earlier runs together. A UID no longer in the folder is passed over
         by the server without an error (RFC 3501 UID STORE/COPY, RFC 6851 UID MOVE).
         Without MOVE, redoing a COPY cut short before its \\Deleted can leave a second copy
         in ``move_to``: a duplicate there, never a message lost."""
