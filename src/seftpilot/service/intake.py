@@ -69,7 +69,7 @@ from seftpilot.adapters.store import Store
 from seftpilot.config import ImapSettings, Settings
 from seftpilot.core.message import Message
 from seftpilot.core.rules import Classification, RuleSet, classify
-from seftpilot.errors import PermanentError, TransientError
+from seftpilot.errors import PermanentError, TransientError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -438,8 +438,9 @@ class MailIntake:
                     stop.wait(retry.backoff(RECONNECT, quick_drops))
 
     def _connect_and_catch_up(self, stop: threading.Event) -> None:
-        """Connect and catch up, retried under ``RECONNECT`` on the intake's clock (only a
-        TransientError; a stop request cuts a wait short and ends the retrying quietly)."""
+        """Connect and catch up, retried under ``RECONNECT`` on the intake's clock (only
+        what ``retry.is_retryable`` says is transient; a stop request cuts a wait short
+        and ends the retrying quietly)."""
 
         def attempt() -> None:
             if stop.is_set():
@@ -456,8 +457,9 @@ class MailIntake:
                 clock=self.clock,
                 stop=stop,
             )
-        except TransientError:
-            if stop.is_set():
+        except TransportError as exc:
+            # What retry.run retries is what a stop may cut short: the same test as its own.
+            if stop.is_set() and retry.is_retryable(exc):
                 return  # stopping anyway: the outer loop ends, the lock is released
             raise
 
