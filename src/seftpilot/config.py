@@ -387,12 +387,18 @@ def load_settings(
         Settings._toml_path = None
 
 
+def env_name(key: str) -> str:
+    """The environment variable that sets ``key``: imap.oauth.client_secret ->
+    SEFTPILOT_IMAP__OAUTH__CLIENT_SECRET."""
+    return "SEFTPILOT_" + key.upper().replace(".", "__")
+
+
 def _env_source(loc: tuple[str | int, ...], dotenv: Path | None) -> str | None:
     """Where the value at ``loc`` came from if not the file: the environment or the
     ``.env`` that was read (``dotenv``)."""
     if any(isinstance(p, int) for p in loc):
         return None  # lists of tables ([[agreement]]) only come from the file
-    name = "SEFTPILOT_" + "__".join(str(p) for p in loc).upper()
+    name = env_name(".".join(str(p) for p in loc))
     if any(k.upper() == name for k in os.environ):
         return f"environment variable {name}"
     if dotenv is None:

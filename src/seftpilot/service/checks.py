@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from seftpilot.config import DOTENV, Settings, SftpEndpoint
+from seftpilot.config import DOTENV, Settings, SftpEndpoint, env_name
 from seftpilot.errors import ConfigError, SeftpilotError
 
 Check = tuple[str, Callable[[Settings], str]]
@@ -62,12 +62,6 @@ class MissingSecret:
         return ConfigError(self.message, key=self.key, hint=self.hint)
 
 
-def env_name(key: str) -> str:
-    """The environment variable that sets ``key``: imap.oauth.client_secret ->
-    SEFTPILOT_IMAP__OAUTH__CLIENT_SECRET."""
-    return "SEFTPILOT_" + key.upper().replace(".", "__")
-
-
 def _unset(value: SecretStr | None) -> str | None:
     """Why ``value`` is no secret: not set, or set to nothing (a .env line left blank)."""
     if value is None:
@@ -82,6 +76,19 @@ def _where(cfg: Settings, key: str) -> str:
         f"put {env_name(key)}=... in {dotenv} (beside the settings file, mode 0600) or in "
         "the service's environment"
     )
+
+
+def _needed(
+    cfg: Settings, server: str, key: str, value: SecretStr | None, *, because: str, instead: str
+) -> list[MissingSecret]:
+    """``key``'s secret as missing when unset or empty: "``key`` is not set, and
+    ``because``", with where to put it and ``instead``, the other way out."""
+    why = _unset(value)
+    if why is None:
+        return []
+    return [
+        MissingSecret(server, key, f"{key} {why}, and {because}", f"{_where(cfg, key)}; {instead}")
+    ]
 
 
 @dataclass(frozen=True)
@@ -201,17 +208,14 @@ def missing_secrets(cfg: Settings) -> list[MissingSecret]:
     missing: list[MissingSecret] = []
     imap = cfg.imap
     if imap.auth == "password":
-        why = _unset(imap.password)
-        if why is not None:
-            missing.append(
-                MissingSecret(
-                    "imap",
-                    "imap.password",
-                    f"imap.password {why}, and imap.auth = 'password' needs it",
-                    _where(cfg, "imap.password")
-                    + "; Microsoft 365 and NHSmail use imap.auth = 'xoauth2' instead",
-                )
-            )
+        missing += _needed(
+            cfg,
+            "imap",
+            "imap.password",
+            imap.password,
+            because="imap.auth = 'password' needs it",
+            instead="Microsoft 365 and NHSmail use imap.auth = 'xoauth2' instead",
+        )
     else:
         oauth = imap.oauth
         if not oauth.client_id:
@@ -225,17 +229,14 @@ def missing_secrets(cfg: Settings) -> list[MissingSecret]:
                 )
             )
         if oauth.flow == "client_credentials":
-            why = _unset(oauth.client_secret)
-            if why is not None:
-                missing.append(
-                    MissingSecret(
-                        "imap",
-                        "imap.oauth.client_secret",
-                        f"imap.oauth.client_secret {why}, and the client_credentials flow needs it",
-                        _where(cfg, "imap.oauth.client_secret")
-                        + "; or use imap.oauth.flow = 'refresh_token'",
-                    )
-                )
+            missing += _needed(
+                cfg,
+                "imap",
+                "imap.oauth.client_secret",
+                oauth.client_secret,
+                because="the client_credentials flow needs it",
+                instead="or use imap.oauth.flow = 'refresh_token'",
+            )
         elif oauth.refresh_token_file is None:
             missing.append(
                 MissingSecret(
@@ -256,16 +257,14 @@ def missing_secrets(cfg: Settings) -> list[MissingSecret]:
                 )
             )
     if cfg.smtp.username:
-        why = _unset(cfg.smtp.password)
-        if why is not None:
-            missing.append(
-                MissingSecret(
-                    "smtp",
-                    "smtp.password",
-                    f"smtp.password {why}, and smtp.username is set (SMTP AUTH)",
-                    _where(cfg, "smtp.password") + "; or clear smtp.username for no AUTH",
-                )
-            )
+        missing += _needed(
+            cfg,
+            "smtp",
+            "smtp.password",
+            cfg.smtp.password,
+            because="smtp.username is set (SMTP AUTH)",
+            instead="or clear smtp.username for no AUTH",
+        )
     for use in sftp_endpoints(cfg):
         missing.extend(_sftp_secrets(cfg, use))
     return missing

@@ -193,19 +193,16 @@ def _note(runtime: Runtime, sub: Submission, kind: str, at: datetime, **detail: 
         )
 
 
-def awaiting_operator(runtime: Runtime, sub: Submission) -> bool:
-    """A manual upload whose instructions went out since its (latest) claim."""
-    events = _events(runtime, sub.id)
-    claims = [i for i, e in enumerate(events) if e["kind"] == "submission.claim"]
-    if not claims:
-        return False
-    return any(e["kind"] == AWAITING_EVENT for e in events[claims[-1] :])
-
-
 def _since_claim(runtime: Runtime, sub: Submission, kind: str) -> bool:
+    """An event of ``kind`` was noted since the submission's latest claim."""
     events = _events(runtime, sub.id)
     claims = [i for i, e in enumerate(events) if e["kind"] == "submission.claim"]
     return bool(claims) and any(e["kind"] == kind for e in events[claims[-1] :])
+
+
+def awaiting_operator(runtime: Runtime, sub: Submission) -> bool:
+    """A manual upload whose instructions went out since its (latest) claim."""
+    return _since_claim(runtime, sub, AWAITING_EVENT)
 
 
 def asked_if_received(runtime: Runtime, sub: Submission) -> bool:

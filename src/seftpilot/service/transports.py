@@ -106,11 +106,9 @@ class SftpTransport:
     def find_partial(self, final_name: str) -> RemoteFile | None:
         """The temporary file an interrupted ``put`` of ``final_name`` left, if any: while
         it is there, the rename that hands the file to NHS England has not happened."""
-        from seftpilot.adapters.sftp import SftpClient
+        from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE, SftpClient
 
         with SftpClient(self.endpoint) as client:
-            from seftpilot.adapters.sftp import DEFAULT_TEMP_TEMPLATE
-
             return client.stat(DEFAULT_TEMP_TEMPLATE.format(name=final_name))
 
 
